@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine (see README):
+#   make demo   -> creates .venv, runs the quickstart sweep on the bundled images, writes the tables
+#   make test   -> creates .venv, runs the test suite
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch-fidelity and lpips import torchvision; this is the pair that installs from the local wheel store
+# and imports on our CPU-only machines (machine-notes §1).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test venv clean-runs
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m gqbench.sweep -m +experiment=quickstart
+	$(PY) -m gqbench.report --experiment quickstart
+
+test: venv
+	$(PY) -m pytest -q tests
+
+clean-runs:
+	rm -rf runs

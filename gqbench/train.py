@@ -1,0 +1,194 @@
+"""The training loop: one function, read top to bottom.
+
+Per step: encoder -> quantizer -> decoder, loss = reconstruction + quantizer.loss (+ adaptive-weighted GAN
+loss after loss.gan.start_step), one Adam step for the autoencoder, then (with the GAN on) one for the
+discriminator. Deviation from the paper's schedule (gq-reference §3.3): the reference alternates the two
+optimizers by batch, so its autoencoder updates on every other batch; we update both on every batch and skip
+the discriminator entirely before start_step. Step counts are therefore autoencoder updates.
+
+Resume: the batch at step s is a pure function of (seed, s) (StepBatchSampler) and the checkpoint holds the
+model (TDC λs included), optimizers, RNG state and step, so an interrupted run that resumes from its last
+checkpoint ends exactly where an uninterrupted one does (tested).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from .checkpoint import LAST, load_checkpoint, save_checkpoint
+from .config import safe_instantiate
+from .losses import GANLoss, ReconstructionLoss
+from .models.autoencoder import Autoencoder
+from .perceptual import load_lpips
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields the batches of steps [start_step, end_step); epoch e is randperm(n) seeded with seed + e."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, end_step: int):
+        if num_items < batch_size:
+            raise ValueError(
+                f"train.batch_size={batch_size} is larger than the training set ({num_items} images); "
+                "lower train.batch_size or use more data"
+            )
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.start_step, self.end_step = start_step, end_step
+        self.batches_per_epoch = num_items // batch_size  # drop_last: every batch is full
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step)
+
+    def __iter__(self):
+        epoch, perm = None, None
+        for step in range(self.start_step, self.end_step):
+            e, i = divmod(step, self.batches_per_epoch)
+            if e != epoch:
+                epoch, perm = e, torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + e))
+            yield perm[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+
+
+class TrainingParts(torch.nn.Module):
+    """Everything with trainable state besides the autoencoder: reconstruction loss (learned log-variance)
+    and the GAN loss (discriminator)."""
+
+    def __init__(self, loss_cfg: DictConfig, device: torch.device):
+        super().__init__()
+        perceptual = load_lpips(loss_cfg.perceptual_net, device) if loss_cfg.perceptual_weight > 0 else None
+        self.reconstruction = ReconstructionLoss(
+            kind=loss_cfg.reconstruction, perceptual_weight=loss_cfg.perceptual_weight, perceptual=perceptual,
+            learn_logvar=loss_cfg.learn_logvar, reduction=loss_cfg.reduction,
+        )
+        gan = loss_cfg.gan
+        self.gan = GANLoss(disc_weight=gan.disc_weight, start_step=gan.start_step, ndf=gan.ndf, n_layers=gan.n_layers) if gan.enabled else None
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(
+    cfg: DictConfig,
+    model: Autoencoder,
+    train_set: Dataset,
+    job_dir: Path,
+    device: torch.device,
+    log_metrics: Callable[[dict[str, float], int], None],
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Train to cfg.train.max_steps, resuming from job_dir/last.pt when present. Returns the last step's stats.
+
+    on_step(step) is called after every finished step (tests use it to simulate an interruption).
+    """
+    tcfg = cfg.train
+    ckpt_path = Path(job_dir) / LAST
+    parts = TrainingParts(cfg.loss, device).to(device)
+    model.to(device)
+    opt_ae = safe_instantiate(tcfg.optimizer, path="train.optimizer")(
+        [p for p in list(model.parameters()) + list(parts.reconstruction.parameters()) if p.requires_grad]
+    )
+    opt_d = safe_instantiate(tcfg.optimizer, path="train.optimizer")(parts.gan.parameters()) if parts.gan else None
+    if parts.gan is not None:
+        for group in opt_d.param_groups:
+            group["lr"] = cfg.loss.gan.lr
+
+    # ---- resume ---------------------------------------------------------------------------------
+    start_step, last_stats = 0, {}
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        parts.load_state_dict(ckpt["parts"])
+        opt_ae.load_state_dict(ckpt["opt_ae"])
+        if opt_d is not None and ckpt.get("opt_d") is not None:
+            opt_d.load_state_dict(ckpt["opt_d"])
+        _set_rng_state(ckpt["rng"])
+        start_step, last_stats = ckpt["step"], ckpt.get("stats", {})
+        log.info("resuming from %s at step %d", ckpt_path, start_step)
+
+    def checkpoint(step: int, stats: dict[str, float]) -> None:
+        save_checkpoint(ckpt_path, {
+            "step": step, "model": model.state_dict(), "parts": parts.state_dict(),
+            "opt_ae": opt_ae.state_dict(), "opt_d": opt_d.state_dict() if opt_d else None,
+            "rng": _rng_state(), "stats": stats, "config": OmegaConf.to_container(cfg, resolve=True),
+        })
+
+    if start_step >= tcfg.max_steps:
+        log.info("training already finished (%d steps): evaluating only", start_step)
+        return last_stats
+
+    # ---- data -----------------------------------------------------------------------------------
+    sampler = StepBatchSampler(len(train_set), tcfg.batch_size, cfg.seed, start_step, tcfg.max_steps)
+    loader = DataLoader(
+        train_set, batch_sampler=sampler, num_workers=tcfg.num_workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # keeps DataLoader from drawing on the global RNG we checkpoint
+    )
+    amp_dtype = AMP_DTYPES[tcfg.amp]
+    if amp_dtype is not None and device.type != "cuda":
+        raise ValueError(f"train.amp={tcfg.amp} needs a CUDA device (device={device}); use train.amp=null on CPU")
+
+    # ---- loop -----------------------------------------------------------------------------------
+    model.train()
+    parts.train()
+    bar = tqdm(total=tcfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True,
+               disable=not sys.stderr.isatty(), mininterval=1.0)
+    step, stats = start_step, last_stats
+    for step, x in enumerate(loader, start=start_step):
+        x = x.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(x)
+            rec_loss, rec_stats = parts.reconstruction(x, out.x_hat)
+        loss = rec_loss + out.quant.loss
+        stats = {"loss_rec": rec_loss.item(), **rec_stats, **{f"q_{k}": v for k, v in out.quant.stats.items()}}
+        if parts.gan is not None:
+            g_loss, g_stats = parts.gan.generator_loss(out.x_hat, rec_loss, model.last_layer, step)
+            loss = loss + g_loss
+            stats.update(g_stats)
+
+        opt_ae.zero_grad(set_to_none=True)
+        loss.backward()
+        if tcfg.grad_clip:
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip).item()
+        opt_ae.step()
+
+        if parts.gan is not None and step >= parts.gan.start_step:
+            d_loss, d_stats = parts.gan.discriminator_loss(x, out.x_hat.detach(), step)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            stats.update(d_stats)
+        stats["loss"] = loss.item()
+
+        done = step + 1
+        if done % tcfg.log_every == 0 or done == tcfg.max_steps:
+            log_metrics({f"train/{k}": v for k, v in stats.items()}, done)
+            log.info("step %d/%d loss %.4g rec %.4g bits %.3f [%.3f, %.3f] lam %.3g", done, tcfg.max_steps,
+                     stats["loss"], stats["loss_rec"], stats.get("q_bits_mean", float("nan")),
+                     stats.get("q_bits_min", float("nan")), stats.get("q_bits_max", float("nan")),
+                     stats.get("q_lam", float("nan")))
+        if done % tcfg.checkpoint_every == 0 or done == tcfg.max_steps:
+            checkpoint(done, stats)
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats['loss']:.4g}", bits=f"{stats.get('q_bits_mean', float('nan')):.2f}", refresh=False)
+        if on_step is not None:
+            on_step(done)
+    bar.close()
+    return stats

@@ -1,0 +1,52 @@
+"""Helpers shared by the quantizer modules: argument checks and the channel <-> group layout."""
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise a ValueError with `message` when a caller-supplied value is wrong (asserts are for our own bugs)."""
+    if not condition:
+        raise ValueError(message)
+
+
+def is_power_of_two(n: int) -> bool:
+    return isinstance(n, int) and n > 0 and (n & (n - 1)) == 0
+
+
+def check_codebook_size(codebook_size: int) -> None:
+    check(
+        isinstance(codebook_size, int) and not isinstance(codebook_size, bool) and codebook_size >= 2,
+        f"codebook_size={codebook_size!r} must be an integer >= 2",
+    )
+    if not is_power_of_two(codebook_size):
+        lower = 1 << (codebook_size.bit_length() - 1)
+        raise ValueError(
+            f"codebook_size={codebook_size} is not a power of 2, so a token's bits are not whole; "
+            f"use {lower} or {lower * 2}"
+        )
+
+
+def groups_for_channels(channels: int, codebook_dim: int) -> int:
+    """How many codebook_dim-sized groups `channels` latent channels split into (error if it does not divide)."""
+    check(codebook_dim >= 1, f"codebook_dim={codebook_dim} must be >= 1")
+    if channels % codebook_dim:
+        raise ValueError(
+            f"latent channels={channels} are not divisible by codebook_dim={codebook_dim}; "
+            f"choose a codebook_dim that divides {channels} or change model.z_channels"
+        )
+    return channels // codebook_dim
+
+
+# Strided channel -> group map, as in the GQ reference code: channel c = d * num_groups + j holds dim d
+# of group j. Keeping it lets us load the authors' released checkpoints; every method uses the same map.
+def channels_to_groups(x: Tensor, num_groups: int) -> Tensor:
+    """(B, m*G, H, W) -> (B, G, H, W, m)."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c // num_groups, num_groups, h, w).permute(0, 2, 3, 4, 1)
+
+
+def groups_to_channels(g: Tensor) -> Tensor:
+    """(B, G, H, W, m) -> (B, m*G, H, W); the inverse of channels_to_groups."""
+    b, ng, h, w, m = g.shape
+    return g.permute(0, 4, 1, 2, 3).reshape(b, m * ng, h, w)

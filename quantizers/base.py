@@ -1,0 +1,73 @@
+"""The one interface every quantizer implements.
+
+A quantizer sits between an encoder and a decoder that both work on (B, C, H, W) feature maps:
+
+    h = encoder(x)                 # (B, in_channels, H, W)
+    out = quantizer(h)             # out.z_q: (B, out_channels, H, W), out.indices: (B, num_codebooks, H, W)
+    x_hat = decoder(out.z_q)
+
+`in_channels` may differ from `out_channels` (GQ reads a mean and a log-variance per latent channel).
+A token is one spatial position; it carries `num_codebooks` indices, each into a codebook of
+`codebook_size` entries, so `bits_per_token = num_codebooks * log2(codebook_size)`.
+
+Invariant (tested for every registered method): in eval mode `decode(encode(h))` equals `forward(h).z_q`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class QuantizerOutput:
+    """What `Quantizer.forward` returns.
+
+    z_q:        (B, out_channels, H, W) decoder input. For methods that do not quantize while training
+                (GQ), this is the training-time latent (a posterior sample).
+    indices:    (B, num_codebooks, H, W) int64 codes, or None where the method skips the search in
+                training mode (GQ).
+    loss:       scalar, already weighted; add it to the reconstruction loss.
+    stats:      floats for logging (loss terms, controller state, ...).
+    continuous: optional (B, out_channels, H, W) un-quantized latent of the same model (GQ's
+                "Gaussian VAE" reconstruction path); None for methods that have none.
+    """
+
+    z_q: Tensor
+    indices: Tensor | None
+    loss: Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+    continuous: Tensor | None = None
+
+
+class Quantizer(nn.Module):
+    """Base class: subclasses set the four size attributes in __init__ and implement the three methods."""
+
+    in_channels: int
+    out_channels: int
+    codebook_size: int
+    num_codebooks: int
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.num_codebooks * math.log2(self.codebook_size)
+
+    def forward(self, h: Tensor) -> QuantizerOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode(self, h: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """(B, in_channels, H, W) -> (B, num_codebooks, H, W) int64."""
+        raise NotImplementedError
+
+    def decode(self, indices: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """(B, num_codebooks, H, W) int64 -> (B, out_channels, H, W)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"codebook_size={self.codebook_size}, num_codebooks={self.num_codebooks}, "
+            f"bits_per_token={self.bits_per_token:g}"
+        )

@@ -1,0 +1,57 @@
+"""The config tree composes for every option and experiment; the allow-list and the signature behave."""
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, compose_config
+from gqbench.config import check_targets, flatten, quantizer_kwargs, run_signature
+
+GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "experiment"}
+
+
+def test_config_groups_are_present():
+    assert {"data", "model", "quantizer", "train", "loss", "eval", "tracking", "paths"} <= set(GROUPS)
+    assert {"bundled", "imagefolder", "synthetic"} <= set(GROUPS["data"])
+    assert {"unet_tiny", "unet_sd3"} <= set(GROUPS["model"])
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_option_composes_and_resolves(group, option, tmp_path):
+    overrides = [f"{group}={option}"] + (["data.root=/some/where"] if option == "imagefolder" else [])
+    cfg = compose_config(overrides, tmp_path)
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    check_targets(cfg)
+
+
+@pytest.mark.parametrize("experiment", sorted(f.stem for f in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_composes(experiment, tmp_path):
+    cfg = compose_config([f"+experiment={experiment}"], tmp_path)
+    assert cfg.tracking.experiment == experiment
+    kwargs = quantizer_kwargs(cfg.quantizer, cfg.model.z_channels)
+    assert kwargs["num_codebooks"] * kwargs["codebook_dim"] == cfg.model.z_channels
+
+
+def test_paper_backbone_config():
+    cfg = compose_config(["model=unet_sd3"])
+    assert (cfg.model.ch, list(cfg.model.ch_mult), cfg.model.z_channels, list(cfg.model.attn_resolutions)) == (128, [1, 2, 4, 4], 16, [32])
+
+
+def test_target_allow_list():
+    check_targets(OmegaConf.create({"opt": {"_target_": "torch.optim.Adam"}, "d": {"_target_": "gqbench.data.synthetic"}}))
+    with pytest.raises(ValueError, match=r"a\.b\[0\]\._target_='subprocess.call' is not allowed"):
+        check_targets(OmegaConf.create({"a": {"b": [{"_target_": "subprocess.call"}]}}))
+    with pytest.raises(ValueError, match="torch.nn.Linear"):  # torch, but not an optimiser
+        check_targets(OmegaConf.create({"x": {"_target_": "torch.nn.Linear"}}))
+
+
+def test_signature_tracks_training_config_only(tmp_path):
+    base = compose_config([], tmp_path)
+    assert run_signature(base) == run_signature(compose_config(["eval.num_images=5", "tracking.experiment=x"], tmp_path))
+    assert run_signature(base) != run_signature(compose_config(["seed=1"], tmp_path))
+    assert run_signature(base) != run_signature(compose_config(["quantizer.codebook_size=64"], tmp_path))
+
+
+def test_flatten_for_mlflow_params():
+    flat = flatten(OmegaConf.create({"a": {"b": 1, "c": [1, 2]}, "d": None}))
+    assert flat == {"a.b": 1, "a.c": "[1, 2]", "d": None}

@@ -1,0 +1,134 @@
+"""End to end: one job trains, evaluates and lands in a real MLflow sqlite store; resume; CLI; sweep; report."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
+
+from conftest import FAST_OVERRIDES, ROOT, compose_config
+from gqbench.checkpoint import load_checkpoint
+from gqbench.sweep import run_job
+from gqbench.tracking import default_tracking_uri
+
+REQUIRED_METRICS = {"psnr", "ssim", "codebook_usage", "perplexity", "index_entropy_bits", "bits_per_token",
+                    "q_bits_mean", "q_bits_min", "q_bits_max", "q_lam", "q_lam_min", "q_lam_max",
+                    "continuous_psnr", "continuous_ssim"}
+
+
+def only_run(runs_dir):
+    client = MlflowClient(default_tracking_uri(runs_dir))
+    exp = client.get_experiment_by_name("gqbench")
+    runs = client.search_runs([exp.experiment_id])
+    return client, runs
+
+
+def test_one_job_end_to_end(fast_cfg, tmp_path):
+    metrics = run_job(fast_cfg, output_dir=tmp_path / "out")
+    assert REQUIRED_METRICS <= set(metrics)
+    assert 5 < metrics["psnr"] < 60 and -1 <= metrics["ssim"] <= 1
+    assert 0 < metrics["codebook_usage"] <= 1 and 1 <= metrics["perplexity"] <= 16
+    assert metrics["bits_per_token"] == 2 * 4  # 2 groups of log2(16) bits
+    assert metrics["eval_images"] == 16
+    assert metrics["q_bits_min"] <= metrics["q_bits_mean"] <= metrics["q_bits_max"]
+
+    record = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert record["status"] == "finished" and record["metrics"]["psnr"] == metrics["psnr"]
+    job_dir = tmp_path / "runs" / "jobs" / record["signature"]
+    assert (job_dir / "reconstructions.png").stat().st_size > 0
+    assert load_checkpoint(job_dir / "last.pt")["step"] == 12
+
+    client, runs = only_run(tmp_path / "runs")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert REQUIRED_METRICS <= set(run.data.metrics)
+    assert run.data.params["quantizer.codebook_size"] == "16"
+    assert run.data.tags["signature"] == record["signature"]
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == [4, 8, 12]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "reconstructions.png", "config.yaml"} <= artifacts
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(tmp_path):
+    straight = run_job(compose_config(FAST_OVERRIDES, tmp_path / "a"), output_dir=tmp_path / "a" / "out")
+
+    cfg = compose_config(FAST_OVERRIDES, tmp_path / "b")
+
+    def crash_at_step_7(step):
+        if step == 7:  # the last checkpoint is at step 5: steps 6-7 are lost and must be redone identically
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_job(cfg, output_dir=tmp_path / "b" / "out1", on_step=crash_at_step_7)
+    client, runs = only_run(tmp_path / "b" / "runs")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+    steps_seen = []
+    resumed = run_job(cfg, output_dir=tmp_path / "b" / "out2", on_step=steps_seen.append)
+    assert steps_seen == list(range(6, 13))  # resumed after the step-5 checkpoint
+    for key in ("psnr", "ssim", "continuous_psnr", "codebook_usage", "perplexity", "q_bits_mean", "q_lam",
+                "q_lam_min", "q_lam_max", "train_final_loss"):
+        assert resumed[key] == straight[key], key
+    client, runs = only_run(tmp_path / "b" / "runs")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run, resumed
+
+    # a finished job is evaluated again, not retrained
+    steps_again = []
+    again = run_job(cfg, output_dir=tmp_path / "b" / "out3", on_step=steps_again.append)
+    assert steps_again == [] and again["psnr"] == straight["psnr"]
+
+
+def test_disallowed_target_is_refused(fast_cfg, tmp_path):
+    with open_dict(fast_cfg):
+        fast_cfg.data._target_ = "os.system"
+    with pytest.raises(ValueError, match=r"data._target_='os.system' is not allowed.*gqbench, quantizers, kernels"):
+        run_job(fast_cfg, output_dir=tmp_path / "out")
+
+
+def test_bad_option_fails_before_training_with_a_clear_error(tmp_path):
+    cfg = compose_config(FAST_OVERRIDES + ["quantizer.codebook_size=100"], tmp_path)
+    with pytest.raises(ValueError, match=r"codebook_size=100 is not a power of 2"):
+        run_job(cfg, output_dir=tmp_path / "out")
+
+
+def cli(args, tmp_path, timeout=600):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_cli_job_sweep_and_report(tmp_path):
+    db = tmp_path / "elsewhere.db"
+    runs = tmp_path / "runs"
+    common = FAST_OVERRIDES + [f"paths.runs={runs}", f"tracking.uri=sqlite:///{db}", "train.max_steps=6"]
+    single = cli(["gqbench.sweep", *common], tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert db.exists() and not (runs / "mlflow.db").exists()  # tracking.uri points elsewhere
+
+    sweep = cli(["gqbench.sweep", "-m", *common, "tracking.experiment=sweep_test", "quantizer.codebook_size=8,32"], tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("sweep_test")
+    finished = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.params["quantizer.codebook_size"] for r in finished) == ["32", "8"]
+    assert all(r.info.status == "FINISHED" for r in finished)
+
+    report = cli(["gqbench.report", "--experiment", "sweep_test", "--tracking-uri", f"sqlite:///{db}",
+                  "--out", str(tmp_path / "reports")], tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    table = (tmp_path / "reports" / "sweep_test.md").read_text()
+    assert "2 finished job(s)" in table and "| gq " in table
+    rows = [line for line in table.splitlines() if line.startswith("| gq")]
+    assert len(rows) == 2
+    psnrs = {float(r["psnr"]) for r in [run.data.metrics for run in finished]}
+    assert all(any(f"{p:.2f}" in row for row in rows) for p in psnrs)
