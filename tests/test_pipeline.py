@@ -132,3 +132,42 @@ def test_cli_job_sweep_and_report(tmp_path):
     assert len(rows) == 2
     psnrs = {float(r["psnr"]) for r in [run.data.metrics for run in finished]}
     assert all(any(f"{p:.2f}" in row for row in rows) for p in psnrs)
+
+
+def write_fake_squeezenet_weights(torch_home):
+    """A squeezenet1_1 state dict with random values under the file name torchvision looks for: exercises the
+    offline-weights path without network (the numbers are meaningless, the code path is real)."""
+    import torchvision
+
+    from gqbench.perceptual import BACKBONE_FILES
+
+    target = torch_home / "hub" / "checkpoints" / BACKBONE_FILES["squeeze"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), target)
+
+
+def test_lpips_unavailable_names_the_reason_and_the_file(tmp_path, monkeypatch):
+    from gqbench.perceptual import LPIPSUnavailable, load_lpips
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    with pytest.raises(LPIPSUnavailable, match=r"squeezenet1_1-b8a52dc0.pth.*perceptual_weight=0"):
+        load_lpips("squeeze")
+
+
+def test_gan_and_lpips_training_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    write_fake_squeezenet_weights(tmp_path / "torch_home")
+    cfg = compose_config(FAST_OVERRIDES + [
+        "data.image_size=32", "model.attn_resolutions=[16]", "loss.perceptual_weight=1.0", "loss.perceptual_net=squeeze", "loss.learn_logvar=true",
+        "loss.gan.enabled=true", "loss.gan.start_step=6", "loss.gan.n_layers=2", "loss.gan.ndf=8",
+        "train.grad_clip=1.0", "train.max_steps=8", "train.log_every=2",
+    ], tmp_path)
+    metrics = run_job(cfg, output_dir=tmp_path / "out")
+    assert math.isfinite(metrics["psnr"])
+    client, runs = only_run(tmp_path / "runs")
+    run_metrics = runs[0].data.metrics
+    history = {k: [m.step for m in client.get_metric_history(runs[0].info.run_id, k)] for k in run_metrics if k.startswith("train/")}
+    # the discriminator and the adaptive weight appear only from start_step on; LPIPS and logvar from step 1
+    disc_keys = [k for k in history if "disc" in k or "d_loss" in k]
+    assert disc_keys and all(min(history[k]) >= 6 for k in disc_keys), history
+    assert any("perceptual" in k for k in history) and any("logvar" in k for k in history)
