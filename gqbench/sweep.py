@@ -62,25 +62,24 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None, on_step: Callable[[
     job_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
 
-    seed_everything(cfg.seed)
-    data = safe_instantiate(cfg.data, path="data")
-    quantizer = build_quantizer(**quantizer_kwargs(cfg.quantizer, cfg.model.z_channels))
-    model = build_autoencoder(cfg.model, quantizer, cfg.data.image_size)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("job %s  signature %s  device %s  job folder %s", cfg.job_name, signature, device, job_dir)
-    log.info("data: %s", data.description)
-    log.info("model: %s, %.2fM parameters; quantizer: %s", cfg.model.name, n_params / 1e6, quantizer.extra_repr())
-
     silence_mlflow_noise()
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, runs_dir, job_dir)
     tracker.start(cfg.tracking.run_name, tags={
         "signature": signature, "quantizer": cfg.quantizer.name, "model": cfg.model.name,
         "data": cfg.data._target_.rsplit(".", 1)[-1], "output_dir": str(output_dir), "job_dir": str(job_dir),
     })
+    log.info("job %s  signature %s  device %s  job folder %s", cfg.job_name, signature, device, job_dir)
     log.info("MLflow: %s  run %s", tracker.uri, tracker.run_id)
     status = "FAILED"
-    try:
+    try:  # from here on a failure is recorded in MLflow and metrics.json before it propagates
         tracker.log_params(flatten(cfg))
+        seed_everything(cfg.seed)
+        data = safe_instantiate(cfg.data, path="data")
+        quantizer = build_quantizer(**quantizer_kwargs(cfg.quantizer, cfg.model.z_channels))
+        model = build_autoencoder(cfg.model, quantizer, cfg.data.image_size)
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("data: %s", data.description)
+        log.info("model: %s, %.2fM parameters; quantizer: %s", cfg.model.name, n_params / 1e6, quantizer.extra_repr())
         tracker.log_metrics({"model_parameters": n_params}, 0)
         train_stats = train(cfg, model, data.train, job_dir, device, tracker.log_metrics, on_step=on_step)
         metrics = evaluate(

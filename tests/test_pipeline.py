@@ -100,6 +100,10 @@ def test_bad_option_fails_before_training_with_a_clear_error(tmp_path):
     cfg = compose_config(FAST_OVERRIDES + ["quantizer.codebook_size=100"], tmp_path)
     with pytest.raises(ValueError, match=r"codebook_size=100 is not a power of 2"):
         run_job(cfg, output_dir=tmp_path / "out")
+    # the failure is recorded, not lost: MLflow run FAILED with the error, metrics.json says so
+    client, runs = only_run(tmp_path / "runs")
+    assert runs[0].info.status == "FAILED" and "codebook_size=100" in runs[0].data.tags["error"]
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["status"] == "failed"
 
 
 def cli(args, tmp_path, timeout=600):
@@ -115,19 +119,21 @@ def test_cli_job_sweep_and_report(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     assert db.exists() and not (runs / "mlflow.db").exists()  # tracking.uri points elsewhere
 
-    sweep = cli(["gqbench.sweep", "-m", *common, "tracking.experiment=sweep_test", "quantizer.codebook_size=8,32"], tmp_path)
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    # the middle job has a bad option: it fails, is recorded, and the sweep still runs the third job
+    sweep = cli(["gqbench.sweep", "-m", *common, "tracking.experiment=sweep_test", "quantizer.codebook_size=8,100,32"], tmp_path)
+    assert sweep.returncode != 0 and "codebook_size=100 is not a power of 2" in sweep.stderr
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("sweep_test")
-    finished = client.search_runs([exp.experiment_id])
-    assert sorted(r.data.params["quantizer.codebook_size"] for r in finished) == ["32", "8"]
-    assert all(r.info.status == "FINISHED" for r in finished)
+    runs_by_k = {r.data.params["quantizer.codebook_size"]: r for r in client.search_runs([exp.experiment_id])}
+    assert {k: r.info.status for k, r in runs_by_k.items()} == {"8": "FINISHED", "100": "FAILED", "32": "FINISHED"}
+    finished = [runs_by_k["8"], runs_by_k["32"]]
 
     report = cli(["gqbench.report", "--experiment", "sweep_test", "--tracking-uri", f"sqlite:///{db}",
                   "--out", str(tmp_path / "reports")], tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     table = (tmp_path / "reports" / "sweep_test.md").read_text()
     assert "2 finished job(s)" in table and "| gq " in table
+    assert "Failed or interrupted jobs (1)" in table and "codebook_size=100" in table
     rows = [line for line in table.splitlines() if line.startswith("| gq")]
     assert len(rows) == 2
     psnrs = {float(r["psnr"]) for r in [run.data.metrics for run in finished]}
