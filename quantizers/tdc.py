@@ -94,6 +94,9 @@ class TargetDivergenceConstraint(nn.Module):
             "bits_mean": mean, "bits_min": lo, "bits_max": hi, "bits_in_band": in_band.float().mean().item(),
             "lam": self.lam.item(), "lam_min": self.lam_min.item(), "lam_max": self.lam_max.item(),
         }
+        if group_bits.dim() > 1 and group_bits.shape[1] > 1:  # (B, G, ...): the mean KL of each latent group
+            per_group = group_bits.detach().transpose(0, 1).reshape(group_bits.shape[1], -1).mean(1)
+            stats.update({f"bits_mean/{j}": v for j, v in enumerate(per_group.tolist())})
         if self.training:
             self._update(mean, lo, hi)
         return loss, stats

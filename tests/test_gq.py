@@ -123,6 +123,7 @@ def test_tdc_weights_below_inside_and_above_the_band():
     assert math.isclose(loss.item(), 2.0 * (0.25 * 7 + 7.5 + 8 + 8.5 + 4 * 9), rel_tol=1e-6)
     assert stats["bits_min"] == 7.0 and stats["bits_max"] == 9.0 and math.isclose(stats["bits_mean"], 8.0)
     assert math.isclose(stats["bits_in_band"], 3 / 5, rel_tol=1e-6)
+    assert stats["bits_mean/0"] == 7.0 and stats["bits_mean/4"] == 9.0  # (B, G) input: one mean per group
     assert tdc.lam.item() == 2.0  # eval mode leaves the controller alone
 
 
