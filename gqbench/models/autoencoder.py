@@ -3,14 +3,17 @@ channel counts: the encoder emits `quantizer.in_channels`, the decoder reads `qu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from quantizers import Quantizer, QuantizerOutput
 
 from .unet import Decoder, Encoder
+
+if TYPE_CHECKING:  # keeps the model importable without Hydra (e.g. on a bare GPU box)
+    from omegaconf import DictConfig
 
 
 @dataclass
@@ -53,7 +56,7 @@ class Autoencoder(nn.Module):
         return self.decoder.last_layer
 
 
-def build_autoencoder(model_cfg: DictConfig, quantizer: Quantizer, image_size: int) -> Autoencoder:
+def build_autoencoder(model_cfg: "DictConfig", quantizer: Quantizer, image_size: int) -> Autoencoder:
     if quantizer.out_channels != model_cfg.z_channels:
         raise ValueError(
             f"model.z_channels={model_cfg.z_channels} but the quantizer decodes to {quantizer.out_channels} channels "
