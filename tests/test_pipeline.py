@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -134,7 +135,7 @@ def test_cli_job_sweep_and_report(tmp_path):
     table = (tmp_path / "reports" / "sweep_test.md").read_text()
     assert "2 finished job(s)" in table and "| gq " in table
     assert "Failed or interrupted jobs (1)" in table and "codebook_size=100" in table
-    rows = [line for line in table.splitlines() if line.startswith("| gq")]
+    rows = [line for line in table.splitlines() if re.match(r"\| gq\s+\|", line)]
     assert len(rows) == 2
     psnrs = {float(r["psnr"]) for r in [run.data.metrics for run in finished]}
     assert all(any(f"{p:.2f}" in row for row in rows) for p in psnrs)
