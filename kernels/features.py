@@ -1,0 +1,313 @@
+"""Input validation, GEMM features, error bounds and the direct fp64 scores.
+
+Both searches maximise a score that is a dot product of per-row features
+``F`` (N x D) with per-codeword features ``G`` (K x D), up to a per-row
+constant:
+
+* GQ:  S_k = -1/2 sum_d (c_kd - mu_d)^2 / sigma_d^2 + beta/2 ||c_k||^2
+          = sum_d a_d c_kd^2 + b_d c_kd + const,
+       F = [a | b],  a = beta/2 - 1/(2 sigma^2),  b = mu / sigma^2
+       G = [c^2 | c]                                              (D = 2m)
+* VQ:  -1/2 ||z - c_k||^2 = z . c_k - 1/2 ||c_k||^2 + const,
+       F = [z | -1/2],  G = [c | ||c||^2]                         (D = m + 1)
+
+``G`` is stored transposed and zero-padded, ``Gt`` (DP x K) with DP >= D, so a
+codebook tile is a contiguous slice along K for both torch and Triton.
+
+Error bound: features are computed in fp64 and rounded once to fp32
+(relative error <= u = 2^-24 each), so any fp32 evaluation of the padded dot
+product, in any summation order, with or without FMA, satisfies
+``|approx_k - S_k| <= gamma * sum_i |F_i| |G_ki| <= gamma * sum_i |F_i| Gmax_i``
+with ``gamma ~ (DP + 3) u``. ``Problem.err_unit`` is ``sum_i |F_i| Gmax_i``
+(fp64, per row); the searches multiply it by a generous constant.
+"""
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+U32 = 2.0 ** -24
+# Slack for the fp64 direct evaluation itself (its rounding is ~1e-16 relative;
+# 2^-40 is a wide margin even for m in the hundreds).
+U64_SLACK = 2.0 ** -40
+
+
+def padded_dim(d: int, minimum: int = 8) -> int:
+    """Feature width padded to a power of two (>= minimum, Triton dot shapes)."""
+    p = minimum
+    while p < d:
+        p *= 2
+    return p
+
+
+def fp32_gamma(dp: int) -> float:
+    """Safety-doubled relative bound for an fp32 dot product of length dp."""
+    n = dp + 6  # + feature rounding of both operands, + margin
+    return 2.0 * n * U32 / (1.0 - n * U32)
+
+
+def bf16x3_gamma(dp: int) -> float:
+    """Bound for the bf16x3 tensor-core product (triton_search.tc_features).
+
+    bf16 keeps 8 significant bits (unit roundoff 2^-8). hi*hi + hi*lo + lo*hi
+    misses lo*lo and the rounding of lo: <= 3 * 2^-16 relative per product
+    (bf16 products are exact in fp32); the 3*dp fp32 accumulations add
+    <= 2^-23 each, even with truncating accumulators. Doubled.
+    """
+    return 2.0 * (3.03 * 2.0 ** -16 + (3 * dp + 6) * 2.0 ** -23)
+
+
+@dataclass
+class Problem:
+    """A search instance: argmax_k F[n] . G[k], exactly re-ranked in fp64.
+
+    F: (N, DP) fp32 contiguous; Gt: (DP, K) fp32 contiguous (G transposed).
+    err_unit: (N,) fp64, sum_i |F_ni| max_k |G_ki|.
+    slack64: (N,) fp64, bound on the fp64 direct evaluation's own error.
+    kind: "gq" or "vq" selects the direct fp64 score, evaluated from the raw
+    fp32 inputs x (mu or z), s (sigma) and c (codebook).
+    """
+
+    F: torch.Tensor
+    Gt: torch.Tensor
+    D: int
+    err_unit: torch.Tensor
+    slack64: torch.Tensor
+    kind: str
+    x: torch.Tensor            # mu (gq) or z (vq), (N, m) fp32
+    s: torch.Tensor | None     # sigma (gq), (N, m) fp32
+    c: torch.Tensor            # codebook, (K, m) fp32
+    beta: float
+    cb: dict                   # cached codebook-side data (CodebookCache entry)
+
+    @property
+    def N(self) -> int:
+        return self.F.shape[0]
+
+    @property
+    def K(self) -> int:
+        return self.Gt.shape[1]
+
+    @property
+    def DP(self) -> int:
+        return self.F.shape[1]
+
+    def slot_major(self, tile: int) -> torch.Tensor:
+        """(tile, T, DP) features with codewords j, j+tile, j+2 tile, ... contiguous.
+
+        Zero rows past K (callers mask them). Cached with the codebook.
+        """
+        key = ("slot_major", tile)
+        if key not in self.cb:
+            T = -(-self.K // tile)
+            c = self.c
+            if T * tile != self.K:
+                c = torch.cat([c, c.new_zeros(T * tile - self.K, c.shape[1])])
+            self.cb[key] = self.cb["rows"](c.view(T, tile, -1).transpose(0, 1), self.DP).contiguous()
+        return self.cb[key]
+
+    def direct_scores(self, rows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """fp64 direct score of pairs (rows[j], codes[j]) -> (P,) fp64."""
+        c = self.c[codes].double()
+        if self.kind == "gq":
+            return gq_direct(self.x[rows].double(), self.s[rows].double(), c, self.beta)
+        return vq_direct(self.x[rows].double(), c)
+
+
+# ---------------------------------------------------------------- direct fp64
+def _seq_sum(t: torch.Tensor) -> torch.Tensor:
+    # Fixed left-to-right order over the last dim: the value of a pair must not
+    # depend on the shape of the batch it is evaluated in (vectorised torch
+    # reductions may reassociate), so oracle and re-rank agree bit for bit.
+    acc = t[..., 0].clone()
+    for d in range(1, t.shape[-1]):
+        acc += t[..., d]
+    return acc
+
+
+def gq_direct(mu: torch.Tensor, sigma: torch.Tensor, c: torch.Tensor, beta: float) -> torch.Tensor:
+    """sum_d [beta/2 c_d^2 - 1/2 ((c_d - mu_d)/sigma_d)^2], fp64, broadcasting."""
+    q = (c - mu) / sigma
+    return _seq_sum((0.5 * beta) * (c * c) - 0.5 * (q * q))
+
+
+def vq_direct(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """-sum_d (z_d - c_d)^2, fp64, broadcasting (argmax = nearest codeword)."""
+    q = z - c
+    return -_seq_sum(q * q)
+
+
+# ------------------------------------------------------------------ validation
+def _check_2d_fp32(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got ndim={t.ndim} (shape {tuple(t.shape)})")
+    if t.dtype != torch.float32:
+        raise ValueError(f"{name} must be float32, got {t.dtype}")
+
+
+def validate(named: dict, codebook: torch.Tensor) -> None:
+    """Check row inputs (N, m) and the codebook (K, m): one ValueError each."""
+    for name, t in list(named.items()) + [("codebook", codebook)]:
+        _check_2d_fp32(name, t)
+    if codebook.shape[0] == 0:
+        raise ValueError("codebook is empty (K == 0)")
+    if codebook.shape[1] == 0:
+        raise ValueError("codebook has zero dimensions (m == 0)")
+    m = codebook.shape[1]
+    first = None
+    for name, t in named.items():
+        if t.shape[1] != m:
+            raise ValueError(
+                f"{name} has {t.shape[1]} dims per row but codebook has m={m} "
+                f"({name} shape {tuple(t.shape)}, codebook shape {tuple(codebook.shape)})")
+        if first is not None and t.shape != named[first].shape:
+            raise ValueError(
+                f"{name} shape {tuple(t.shape)} != {first} shape {tuple(named[first].shape)}")
+        first = first or name
+    for name, t in named.items():
+        if t.device != codebook.device:
+            raise ValueError(f"{name} is on {t.device} but codebook is on {codebook.device}")
+
+
+def _raise_first_failure(checks: list[tuple[str, torch.Tensor]]) -> None:
+    # One device sync for all checks, then a message naming the bad input.
+    flags = torch.stack([ok.reshape(()) for _, ok in checks]).cpu().tolist()
+    for (msg, _), ok in zip(checks, flags):
+        if not ok:
+            raise ValueError(msg)
+
+
+def _underflow_slack(F: torch.Tensor, gmax: torch.Tensor) -> torch.Tensor:
+    # The relative bounds ignore underflow: products or bf16 split parts below
+    # ~2^-117 lose their relative accuracy. Their absolute effect is tiny.
+    return 2.0 ** -100 * (1.0 + F.abs().double().sum(dim=1) + gmax.sum())
+
+
+# -------------------------------------------------------------------- builders
+def _codebook_side(cols: list[torch.Tensor], dp: int):
+    """Gt (dp, K) from fp32 feature columns (each (K, w)), zero padded; gmax (dp,) fp64."""
+    K = cols[0].shape[0]
+    Gt = torch.zeros(dp, K, dtype=torch.float32, device=cols[0].device)
+    i = 0
+    for col in cols:
+        Gt[i:i + col.shape[1]] = col.t()
+        i += col.shape[1]
+    # Max over the fp32 values actually used (they include the rounding).
+    gmax = Gt.abs().amax(dim=1).double()
+    return Gt, gmax
+
+
+def gq_codebook_rows(c: torch.Tensor, dp: int) -> torch.Tensor:
+    """GQ codeword features [c^2 | c | 0] for rows c (..., m) -> (..., dp) fp32.
+
+    c*c in fp32 is the correctly rounded square (the exact product of two
+    fp32 values fits in fp64's mantissa), so no fp64 detour is needed.
+    """
+    m = c.shape[-1]
+    return torch.cat([c * c, c, c.new_zeros(*c.shape[:-1], dp - 2 * m)], dim=-1)
+
+
+def vq_codebook_rows(c: torch.Tensor, dp: int) -> torch.Tensor:
+    """VQ codeword features [c | ||c||^2 | 0] (norm summed in fp64, rounded once)."""
+    m = c.shape[-1]
+    sq = (c.double() ** 2).sum(dim=-1, keepdim=True).float()
+    return torch.cat([c, sq, c.new_zeros(*c.shape[:-1], dp - m - 1)], dim=-1)
+
+
+class CodebookCache:
+    """Codebook-side features, reused while the same codebook tensor is unchanged.
+
+    Keyed on the tensor object (held by weakref, so a freed codebook can never
+    alias a new one at the same address) and its version counter (bumped by
+    any in-place write, also through views).
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self.entries: list = []
+
+    def get(self, kind: str, codebook: torch.Tensor, dp: int) -> dict:
+        for ref, key, ent in self.entries:
+            if ref() is codebook and key == (kind, dp, codebook._version):
+                return ent
+        rows = gq_codebook_rows if kind == "gq" else vq_codebook_rows
+        Gt, gmax = _codebook_side([rows(codebook, dp)], dp)
+        ent = {"Gt": Gt, "gmax": gmax, "cabs": codebook.abs().amax(dim=0).double(),
+               "rows": rows}
+        self.entries = [(weakref.ref(codebook), (kind, dp, codebook._version), ent)] + \
+            self.entries[: self.size - 1]
+        return ent
+
+
+CODEBOOKS = CodebookCache()
+
+
+def gq_problem(mu, sigma, codebook, beta: float) -> Problem:
+    validate({"mu": mu, "sigma": sigma}, codebook)
+    beta = float(beta)
+    if not (beta == beta and abs(beta) != float("inf")):
+        raise ValueError(f"beta must be finite, got {beta}")
+    m = codebook.shape[1]
+    dp = padded_dim(2 * m)
+    # Row features in fp64, rounded once. c*c in fp32 is already the correctly
+    # rounded square (the exact product of two fp32 fits in fp64's mantissa).
+    mu64, s64 = mu.double(), sigma.double()
+    inv = 1.0 / (s64 * s64)
+    F = torch.zeros(mu.shape[0], dp, dtype=torch.float32, device=mu.device)
+    F[:, :m] = 0.5 * beta - 0.5 * inv
+    F[:, m:2 * m] = mu64 * inv
+    cb = CODEBOOKS.get("gq", codebook, dp)
+    Gt, gmax, cabs = cb["Gt"], cb["gmax"], cb["cabs"]
+    _raise_first_failure([
+        ("mu contains NaN or inf", torch.isfinite(mu).all()),
+        ("sigma must be finite and > 0", (torch.isfinite(sigma) & (sigma > 0)).all()),
+        ("codebook contains NaN or inf (or c^2 overflows float32)", torch.isfinite(gmax).all()),
+        ("sigma too small: 1/sigma^2 or mu/sigma^2 overflows float32", torch.isfinite(F).all()),
+    ])
+    err_unit = F.abs().double() @ gmax
+    slack = U64_SLACK * (((cabs + mu64.abs()) ** 2) * inv + abs(beta) * cabs * cabs).sum(dim=1)
+    slack += _underflow_slack(F, gmax)
+    return Problem(F, Gt, 2 * m, err_unit, slack, "gq", mu, sigma, codebook, beta, cb)
+
+
+def vq_problem(z, codebook) -> Problem:
+    validate({"z": z}, codebook)
+    m = codebook.shape[1]
+    dp = padded_dim(m + 1)
+    F = torch.zeros(z.shape[0], dp, dtype=torch.float32, device=z.device)
+    F[:, :m] = z
+    F[:, m] = -0.5
+    cb = CODEBOOKS.get("vq", codebook, dp)
+    Gt, gmax, cabs = cb["Gt"], cb["gmax"], cb["cabs"]
+    _raise_first_failure([
+        ("z contains NaN or inf", torch.isfinite(z).all()),
+        ("codebook contains NaN or inf (or ||c||^2 overflows float32)", torch.isfinite(gmax).all()),
+    ])
+    err_unit = F.abs().double() @ gmax
+    # The direct score is -||z-c||^2 = 2 S - const: twice the GEMM scale.
+    slack = U64_SLACK * ((cabs + z.double().abs()) ** 2).sum(dim=1)
+    slack += _underflow_slack(F, gmax)
+    return Problem(F, Gt, m + 1, err_unit, slack, "vq", z, None, codebook, 0.0, cb)
+
+
+@contextmanager
+def ieee_fp32_matmul():
+    """Force IEEE fp32 torch matmuls (no TF32/bf16 shortcuts) inside the block.
+
+    The error bounds assume fp32 products; a user's global
+    ``set_float32_matmul_precision('high')`` would silently break them.
+    """
+    saved = torch.get_float32_matmul_precision()
+    if saved == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
