@@ -50,16 +50,11 @@ def _sync(device):
 def time_it(fn, device, reps: int) -> float:
     """Seconds per call: best of `reps` wall times on CPU; on CUDA the mean of
     `reps` back-to-back calls between CUDA events (after one warm-up call)."""
-    fn()
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3 / reps
+        from .triton_search import cuda_time_ms
+
+        return cuda_time_ms(fn, reps) / 1e3
+    fn()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()

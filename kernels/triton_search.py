@@ -249,7 +249,8 @@ def _operands(prob: Problem, tc: bool):
     return prob.F, prob.Gt, prob.D, "ieee"
 
 
-def _time_ms(fn, reps: int = 5) -> float:
+def cuda_time_ms(fn, reps: int = 5) -> float:
+    """Milliseconds per call: mean of `reps` back-to-back calls between CUDA events, after one warm-up."""
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -277,7 +278,7 @@ def pick_config(prob: Problem, tc: bool, operands=None):
             if len(cfg) > 4 and D > 8:  # the FMA loop spills registers beyond 8 features
                 continue
             try:
-                timings[cfg] = _time_ms(lambda: _launch_scan(F, Gt, D, cfg, q, prec, None))
+                timings[cfg] = cuda_time_ms(lambda: _launch_scan(F, Gt, D, cfg, q, prec, None))
             except Exception:  # e.g. out of shared memory / registers on this GPU
                 continue
         _tuned[key] = min(timings, key=timings.get) if timings else default
