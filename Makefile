@@ -1,7 +1,8 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   -> creates .venv, runs the quickstart sweep on the bundled images, writes the tables
 #   make test   -> creates .venv, runs the test suite
-PYTHON ?= python3.11
+# Python 3.11 (hydra-core 1.3 and the local torch wheels are for 3.11); falls back to python3.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 # torch-fidelity and lpips import torchvision; this is the pair that installs from the local wheel store
@@ -11,7 +12,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 .PHONY: demo test venv clean-runs
 
 $(VENV)/.installed: pyproject.toml
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
+	@test -n "$(PYTHON)" || { echo "error: no python3.11 or python3 on PATH; run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
