@@ -12,8 +12,7 @@ deterministic for a given ``seed``, and ``__getitem__`` draws no randomness (no 
   so corrupt files are counted up front and training never meets one mid-run.
 * :func:`synthetic` (``data=synthetic``): smooth seeded random images, cheap enough for tests.
 
-Loaders: :func:`epoch_loader` (and the lower-level :func:`make_loader`) give a DataLoader whose order is a pure
-function of ``(seed, epoch)``, so a run resumed mid-epoch can replay or skip exactly the batches it needs.
+The training order (a pure function of seed and step, for exact resume) is gqbench.train.StepBatchSampler.
 
 The Hydra configs live in ``conf/data/``; each sets ``_target_`` to one of the builders, ``image_size`` and
 ``seed: ${seed}``.
@@ -27,12 +26,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +43,7 @@ __all__ = [
     "PatchDataset",
     "TensorImageDataset",
     "bundled",
-    "epoch_loader",
     "imagefolder",
-    "make_loader",
     "synthetic",
     "validate_image_size",
 ]
@@ -550,63 +547,3 @@ def synthetic(*, image_size: int = 32, seed: int = 0, num_train: int = 512, num_
     description = (f"synthetic: {int(num_train):,} train and {int(num_val):,} val smooth random images, "
                    f"{image_size}×{image_size}, seed {seed}.")
     return DataSplits(train=TensorImageDataset(train), val=TensorImageDataset(val), description=description)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# loaders
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class _SeededOrder(Sampler[int]):
-    """Indices in an order fixed by ``seed`` (or 0..n-1), starting at position ``start``.
-
-    Stateless: iterating twice yields the same order, which is what makes a skip-ahead resume exact.
-    """
-
-    def __init__(self, size: int, *, seed: int, shuffle: bool, start: int = 0):
-        self.size, self.seed, self.shuffle, self.start = size, seed, shuffle, start
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed))
-        else:
-            order = torch.arange(self.size)
-        return iter(order[self.start:].tolist())
-
-    def __len__(self) -> int:
-        return max(0, self.size - self.start)
-
-
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool,
-                num_workers: int = 0, skip_batches: int = 0) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed``; iterating it again replays the same order.
-
-    ``skip_batches`` starts at that batch without loading the skipped items (the batches that follow are identical
-    to those of the full pass). The loader also carries a generator seeded with ``seed``, because a DataLoader
-    without one draws its worker base seed from the global torch RNG, which would perturb the model's randomness.
-    For training, prefer :func:`epoch_loader`, which fixes how the seed changes across epochs.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if skip_batches < 0:
-        raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
-    sampler = _SeededOrder(len(dataset), seed=seed, shuffle=shuffle, start=skip_batches * batch_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed))
-
-
-def epoch_loader(dataset: Dataset, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
-                 drop_last: bool = True, num_workers: int = 0, skip_batches: int = 0) -> DataLoader:
-    """The loader for one training epoch: create a new one every epoch.
-
-    Contract: the order of epoch ``e`` is the permutation drawn by ``torch.Generator().manual_seed(seed + e)``
-    (i.e. ``make_loader(..., seed=seed + epoch)``), so it is reproducible and does not depend on what ran before.
-    To resume at global step ``s`` with ``n = len(loader)`` batches per epoch, build
-    ``epoch_loader(..., epoch=s // n, skip_batches=s % n)``: it yields exactly the batches the interrupted run had
-    left in that epoch, without loading the skipped ones. (Note that run seed 1 epoch 0 sees the same order as run
-    seed 0 epoch 1; runs with different seeds still differ in everything else.)
-    """
-    if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
-    return make_loader(dataset, batch_size, shuffle=shuffle, seed=seed + epoch, drop_last=drop_last,
-                       num_workers=num_workers, skip_batches=skip_batches)

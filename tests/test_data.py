@@ -295,43 +295,6 @@ def test_synthetic_is_smooth_seeded_and_splits_differ():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def numbered() -> data.TensorImageDataset:
-    # image i is filled with i, so a batch tells which items it holds
-    return data.TensorImageDataset(torch.arange(50, dtype=torch.float32)[:, None, None, None].expand(50, 3, 8, 8))
-
-
-def order(loader) -> list[list[int]]:
-    return [batch[:, 0, 0, 0].long().tolist() for batch in loader]
-
-
-def test_epoch_loader_order_is_a_function_of_seed_and_epoch(numbered):
-    epoch0 = order(data.epoch_loader(numbered, 8, seed=5, epoch=0))
-    assert epoch0 == order(data.epoch_loader(numbered, 8, seed=5, epoch=0))
-    assert epoch0 != order(data.epoch_loader(numbered, 8, seed=5, epoch=1))
-    assert len(epoch0) == 6 and all(len(b) == 8 for b in epoch0)  # drop_last: 50 // 8
-    assert len({i for b in epoch0 for i in b}) == 48 and epoch0 != sorted(epoch0)
-    # the documented contract: epoch e is make_loader with seed + e
-    assert order(data.epoch_loader(numbered, 8, seed=5, epoch=2)) == order(
-        data.make_loader(numbered, 8, shuffle=True, seed=7, drop_last=True))
-    # re-iterating one loader replays the same order
-    loader = data.make_loader(numbered, 8, shuffle=True, seed=1, drop_last=True)
-    assert order(loader) == order(loader)
-
-
-def test_epoch_loader_skip_batches_resumes_exactly(numbered):
-    full = order(data.epoch_loader(numbered, 8, seed=0, epoch=3))
-    assert order(data.epoch_loader(numbered, 8, seed=0, epoch=3, skip_batches=4)) == full[4:]
-    unshuffled = order(data.make_loader(numbered, 8, shuffle=False, seed=0, drop_last=False))
-    assert unshuffled[-1] == [48, 49] and unshuffled[0] == list(range(8))
-
-
-def test_loader_leaves_the_global_rng_alone(numbered):
-    before = torch.get_rng_state()
-    order(data.epoch_loader(numbered, 8, seed=0, epoch=0))
-    assert torch.equal(before, torch.get_rng_state())
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # configs
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,30 @@
+"""The training order: the batch at step s is a pure function of (seed, s), which makes resume exact."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gqbench.train import StepBatchSampler
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    full = list(StepBatchSampler(50, 8, seed=5, start_step=0, end_step=20))
+    assert full == list(StepBatchSampler(50, 8, seed=5, start_step=0, end_step=20))
+    assert full != list(StepBatchSampler(50, 8, seed=6, start_step=0, end_step=20))
+    assert all(len(b) == 8 for b in full)
+    epoch0 = full[:6]  # 50 // 8 full batches per epoch (drop_last)
+    assert len({i for b in epoch0 for i in b}) == 48  # no item twice within an epoch
+    assert full[6:12] != epoch0  # a new permutation every epoch
+    # resuming at step 9 yields exactly the remaining batches of the full run
+    assert list(StepBatchSampler(50, 8, seed=5, start_step=9, end_step=20)) == full[9:]
+
+
+def test_sampler_leaves_the_global_rng_alone():
+    before = torch.get_rng_state()
+    list(StepBatchSampler(50, 8, seed=0, start_step=0, end_step=10))
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_batch_larger_than_the_training_set_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"train.batch_size=64 is larger than the training set \(10 images\)"):
+        StepBatchSampler(10, 64, seed=0, start_step=0, end_step=1)
