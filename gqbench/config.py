@@ -5,7 +5,7 @@ import hashlib
 import json
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # Configs may come from other people, and `_target_` runs arbitrary importable code: only our own packages
@@ -29,14 +29,30 @@ def _find_targets(node: Any, path: str):
             yield from _find_targets(value, f"{path}[{i}]")
 
 
+def _defining_module(obj: Any) -> str:
+    return getattr(obj, "__module__", None) or getattr(obj, "__name__", "") or ""
+
+
 def check_targets(node: Any, path: str = "") -> None:
-    """Refuse any `_target_` outside ALLOWED_TARGET_PREFIXES, naming the key and the value."""
+    """Refuse any `_target_` outside ALLOWED_TARGET_PREFIXES, naming the key and the value.
+
+    The name alone is not enough: `gqbench.tracking.os.system` starts with an allowed prefix but reaches
+    `os.system` through a module attribute. So the object is located (only for allowed names, which import
+    only our packages or torch) and the module that *defines* it must be allowed too.
+    """
+    allowed = ", ".join(p.rstrip(".") for p in ALLOWED_TARGET_PREFIXES)
     for key, target in _find_targets(node, path):
+        refused = ValueError(
+            f"config key {key}={target!r} is not allowed: configs may only instantiate objects from {allowed}"
+        )
         if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES):
-            allowed = ", ".join(p.rstrip(".") for p in ALLOWED_TARGET_PREFIXES)
-            raise ValueError(
-                f"config key {key}={target!r} is not allowed: configs may only instantiate objects from {allowed}"
-            )
+            raise refused
+        try:
+            obj = get_object(target)
+        except Exception as exc:
+            raise ValueError(f"config key {key}={target!r} names nothing importable ({exc})") from exc
+        if not (_defining_module(obj) + ".").startswith(ALLOWED_TARGET_PREFIXES):
+            raise refused
 
 
 def safe_instantiate(node: Any, *args, path: str = "", **kwargs):
@@ -45,10 +61,17 @@ def safe_instantiate(node: Any, *args, path: str = "", **kwargs):
     return instantiate(node, *args, **kwargs)
 
 
+# ... minus the keys that change how a job runs but not what it produces
+SIGNATURE_EXCLUDED = {"train": ("num_workers", "log_every", "checkpoint_every")}
+
+
 def run_signature(cfg: DictConfig) -> str:
-    """12 hex chars of sha1 over the resolved training-relevant config (SIGNATURE_KEYS)."""
+    """12 hex chars of sha1 over the resolved training-relevant config (SIGNATURE_KEYS minus SIGNATURE_EXCLUDED)."""
     payload = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], (DictConfig, ListConfig)) else cfg[k]
                for k in SIGNATURE_KEYS if k in cfg}
+    for group, keys in SIGNATURE_EXCLUDED.items():
+        for key in keys:
+            payload.get(group, {}).pop(key, None)
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -6,7 +6,7 @@ Protocol (gq-reference §4) and our deviations:
 - SSIM: per image on RGB, data_range 255, 11×11 Gaussian window σ = 1.5, K1 = 0.01, K2 = 0.03, population
   covariance (Wang et al. 2004), via scikit-image. The reference uses pytorch_msssim with the same settings;
   both average over the valid window positions only, but the two libraries are not bit-identical (expect
-  differences in the 4th decimal). Images smaller than 11 px use the largest odd window that fits.
+  differences in the 4th decimal). The Gaussian window is 11 px wide: smaller images get SSIM = NaN.
 - Codebook usage/entropy: over ALL evaluated indices (the reference counts rank 0's shard only), per
   sub-codebook; entropy is exact −Σ p log2 p (the reference adds 1e-5 inside the log).
 """
@@ -29,7 +29,8 @@ PERPLEXITY = "perplexity"
 BITS_PER_TOKEN = "bits_per_token"
 TOKENS_PER_IMAGE = "tokens_per_image"
 BPP = "bits_per_pixel"
-CONTINUOUS = "continuous_"  # prefix for GQ's un-quantized ("Gaussian VAE") reconstruction metrics
+CONTINUOUS = "continuous_"
+SSIM_WINDOW = 11  # px: the Gaussian window (σ = 1.5, truncated at 3.5σ) scikit-image uses  # prefix for GQ's un-quantized ("Gaussian VAE") reconstruction metrics
 
 
 def to_uint8_scale(x: Tensor) -> np.ndarray:
@@ -40,16 +41,16 @@ def to_uint8_scale(x: Tensor) -> np.ndarray:
 def psnr_ssim_per_image(x: Tensor, x_hat: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Per-image PSNR (dB) and SSIM for two (B, 3, H, W) batches in [-1, 1]."""
     ref, rec = to_uint8_scale(x), to_uint8_scale(x_hat)
-    side = min(ref.shape[1], ref.shape[2])
-    win = min(11, side if side % 2 else side - 1)
+    ssim_possible = min(ref.shape[1], ref.shape[2]) >= SSIM_WINDOW
     psnr = np.empty(len(ref))
-    ssim = np.empty(len(ref))
+    ssim = np.full(len(ref), np.nan)
     for i in range(len(ref)):
         psnr[i] = peak_signal_noise_ratio(ref[i], rec[i], data_range=255.0)
-        ssim[i] = structural_similarity(
-            ref[i], rec[i], data_range=255.0, channel_axis=-1, win_size=win,
-            gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-        )
+        if ssim_possible:
+            ssim[i] = structural_similarity(
+                ref[i], rec[i], data_range=255.0, channel_axis=-1,
+                gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+            )
     return psnr, ssim
 
 

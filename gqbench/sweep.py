@@ -8,8 +8,14 @@ config and a copy of metrics.json.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import random
+import signal
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -44,6 +50,50 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+class Terminated(Exception):
+    """SIGTERM arrived (SLURM time limit, scancel, kill): handled like any failure, so it is recorded."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Turn SIGTERM into Terminated for the job's duration, unless someone else (e.g. submitit, which needs
+    SIGTERM for its requeue logic) already handles it, or we are not on the main thread."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"received signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def exclusive_job(job_dir: Path):
+    """One process per job folder: two sweeps that contain the same job must not train into one checkpoint."""
+    with open(job_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RuntimeError(
+                f"job folder {job_dir} is in use by another process ({f.read().strip() or 'unknown'}); "
+                "the same job is running elsewhere — wait for it, its result will be reused"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -61,7 +111,13 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None, on_step: Callable[[
     job_dir = runs_dir / "jobs" / signature
     job_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # Triton launches on the current device
+    with exclusive_job(job_dir), sigterm_raises():
+        return _run_locked_job(cfg, output_dir, runs_dir, job_dir, signature, device, started, on_step)
 
+
+def _run_locked_job(cfg, output_dir, runs_dir, job_dir, signature, device, started, on_step) -> dict[str, float]:
     silence_mlflow_noise()
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, runs_dir, job_dir)
     tracker.start(cfg.tracking.run_name, tags={
@@ -70,7 +126,6 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None, on_step: Callable[[
     })
     log.info("job %s  signature %s  device %s  job folder %s", cfg.job_name, signature, device, job_dir)
     log.info("MLflow: %s  run %s", tracker.uri, tracker.run_id)
-    status = "FAILED"
     try:  # from here on a failure is recorded in MLflow and metrics.json before it propagates
         tracker.log_params(flatten(cfg))
         seed_everything(cfg.seed)
@@ -96,20 +151,18 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None, on_step: Callable[[
         config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         for artifact in (job_dir / METRICS_FILE, job_dir / GRID_FILE, config_file):
             tracker.log_artifact(artifact)
-        status = "FINISHED"
+        tracker.end("FINISHED")
         log.info("PSNR %.2f dB  SSIM %.4f  usage %.3f  perplexity %.1f  bits %.3f [%.3f, %.3f]  -> %s",
                  metrics["psnr"], metrics["ssim"], metrics["codebook_usage"], metrics["perplexity"],
                  metrics.get("q_bits_mean", float("nan")), metrics.get("q_bits_min", float("nan")),
                  metrics.get("q_bits_max", float("nan")), output_dir)
         return metrics
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        tracker.set_tags({"error": f"{type(exc).__name__}: {exc}"[:4000]})
-        write_json(output_dir / METRICS_FILE, {"status": status.lower(), "signature": signature,
-                                               "error": f"{type(exc).__name__}: {exc}"})
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED"
+        error = f"{type(exc).__name__}: {exc}"
+        write_json(output_dir / METRICS_FILE, {"status": status.lower(), "signature": signature, "error": error})
+        tracker.record_failure(error, status)
         raise
-    finally:
-        tracker.end(status)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

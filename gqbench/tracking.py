@@ -58,23 +58,27 @@ class Tracker:
         self.runs_dir = Path(runs_dir).resolve()
         self.uri = uri or default_tracking_uri(self.runs_dir)
         self.state_dir = Path(state_dir)
-        self.client = MlflowClient(tracking_uri=self.uri)
         artifact_location = None
         if self.uri.startswith("sqlite:"):
             artifact_location = (self.runs_dir / "mlartifacts" / experiment).as_uri()
         with file_lock(self.runs_dir / ".mlflow.lock"):
+            # the client creates (migrates) a fresh store on construction: that too must happen under the lock
+            self.client = MlflowClient(tracking_uri=self.uri)
             self.experiment_id = get_or_create_experiment(self.client, experiment, artifact_location)
         self.run_id: str | None = None
 
     def start(self, run_name: str, tags: dict[str, str]) -> str:
-        """Resume this job's unfinished run, or create a new one (a finished run is never reopened)."""
-        id_file = self.state_dir / RUN_ID_FILE
+        """Resume this job's unfinished run in the same experiment, or create a new one (a finished run is
+        never reopened; a job shared by two experiments gets a run in each)."""
+        id_file = self.state_dir / f"{RUN_ID_FILE}.{self.experiment_id}"
         previous = id_file.read_text().strip() if id_file.exists() else None
         if previous:
             try:
                 run = self.client.get_run(previous)
                 if run.info.status != "FINISHED" and run.info.lifecycle_stage == "active":
                     self.client.update_run(previous, status="RUNNING")
+                    if "error" in run.data.tags:
+                        self.client.delete_tag(previous, "error")
                     self.run_id = previous
                     log.info("MLflow: resuming run %s", previous)
             except Exception as exc:  # the store was moved or wiped: start a new run
@@ -107,6 +111,14 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status=status)
+
+    def record_failure(self, error: str, status: str) -> None:
+        """Best effort: the store itself may be what failed, and that must not hide the original error."""
+        try:
+            self.set_tags({"error": error[:4000]})
+            self.end(status)
+        except Exception as exc:  # noqa: BLE001
+            log.error("MLflow: could not record the failure (%s)", exc)
 
 
 def silence_mlflow_noise() -> None:

@@ -7,8 +7,9 @@ optimizers by batch, so its autoencoder updates on every other batch; we update 
 the discriminator entirely before start_step. Step counts are therefore autoencoder updates.
 
 Resume: the batch at step s is a pure function of (seed, s) (StepBatchSampler) and the checkpoint holds the
-model (TDC λs included), optimizers, RNG state and step, so an interrupted run that resumes from its last
-checkpoint ends exactly where an uninterrupted one does (tested).
+model (TDC λs included), optimizers, RNG state and step, so on CPU an interrupted run that resumes from its
+last checkpoint ends bit-exactly where an uninterrupted one does (tested). On CUDA it resumes the same
+trajectory up to the non-determinism of cuDNN/atomics (no deterministic mode is forced).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -30,11 +32,16 @@ from .perceptual import load_lpips
 
 log = logging.getLogger(__name__)
 
-AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# bf16 only: fp16 would need a GradScaler, and bf16 is what Hopper/Ampere training uses anyway
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16}
 
 
 class StepBatchSampler(Sampler[list[int]]):
-    """Yields the batches of steps [start_step, end_step); epoch e is randperm(n) seeded with seed + e."""
+    """Yields the batches of steps [start_step, end_step); epoch e is randperm(n) seeded from (seed, e).
+
+    The (seed, e) -> generator seed map goes through numpy's SeedSequence, so seed 1 is not seed 0 one epoch
+    later (as it would be with seed + e).
+    """
 
     def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, end_step: int):
         if num_items < batch_size:
@@ -54,7 +61,8 @@ class StepBatchSampler(Sampler[list[int]]):
         for step in range(self.start_step, self.end_step):
             e, i = divmod(step, self.batches_per_epoch)
             if e != epoch:
-                epoch, perm = e, torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + e))
+                epoch_seed = int(np.random.SeedSequence([self.seed, e]).generate_state(1, dtype=np.uint64)[0] >> 1)
+                epoch, perm = e, torch.randperm(self.num_items, generator=torch.Generator().manual_seed(epoch_seed))
             yield perm[i * self.batch_size : (i + 1) * self.batch_size].tolist()
 
 
@@ -73,17 +81,17 @@ class TrainingParts(torch.nn.Module):
         self.gan = GANLoss(disc_weight=gan.disc_weight, start_step=gan.start_step, ndf=gan.ndf, n_layers=gan.n_layers) if gan.enabled else None
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # only the training device: the resumed job may see a different GPU count
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def train(
@@ -120,7 +128,7 @@ def train(
         opt_ae.load_state_dict(ckpt["opt_ae"])
         if opt_d is not None and ckpt.get("opt_d") is not None:
             opt_d.load_state_dict(ckpt["opt_d"])
-        _set_rng_state(ckpt["rng"])
+        _set_rng_state(ckpt["rng"], device)
         start_step, last_stats = ckpt["step"], ckpt.get("stats", {})
         log.info("resuming from %s at step %d", ckpt_path, start_step)
 
@@ -128,7 +136,7 @@ def train(
         save_checkpoint(ckpt_path, {
             "step": step, "model": model.state_dict(), "parts": parts.state_dict(),
             "opt_ae": opt_ae.state_dict(), "opt_d": opt_d.state_dict() if opt_d else None,
-            "rng": _rng_state(), "stats": stats, "config": OmegaConf.to_container(cfg, resolve=True),
+            "rng": _rng_state(device), "stats": stats, "config": OmegaConf.to_container(cfg, resolve=True),
         })
 
     if start_step >= tcfg.max_steps:
@@ -141,6 +149,8 @@ def train(
         train_set, batch_sampler=sampler, num_workers=tcfg.num_workers, pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # keeps DataLoader from drawing on the global RNG we checkpoint
     )
+    if tcfg.amp not in AMP_DTYPES:
+        raise ValueError(f"train.amp={tcfg.amp!r} is not supported; use null (fp32) or bf16")
     amp_dtype = AMP_DTYPES[tcfg.amp]
     if amp_dtype is not None and device.type != "cuda":
         raise ValueError(f"train.amp={tcfg.amp} needs a CUDA device (device={device}); use train.amp=null on CPU")

@@ -43,11 +43,17 @@ def test_target_allow_list():
         check_targets(OmegaConf.create({"a": {"b": [{"_target_": "subprocess.call"}]}}))
     with pytest.raises(ValueError, match="torch.nn.Linear"):  # torch, but not an optimiser
         check_targets(OmegaConf.create({"x": {"_target_": "torch.nn.Linear"}}))
+    # an allowed prefix that reaches a foreign object through a module attribute
+    with pytest.raises(ValueError, match=r"x._target_='gqbench.tracking.os.system' is not allowed"):
+        check_targets(OmegaConf.create({"x": {"_target_": "gqbench.tracking.os.system", "_args_": ["true"]}}))
+    with pytest.raises(ValueError, match="names nothing importable"):
+        check_targets(OmegaConf.create({"x": {"_target_": "gqbench.no_such_thing"}}))
 
 
 def test_signature_tracks_training_config_only(tmp_path):
     base = compose_config([], tmp_path)
     assert run_signature(base) == run_signature(compose_config(["eval.num_images=5", "tracking.experiment=x"], tmp_path))
+    assert run_signature(base) == run_signature(compose_config(["train.num_workers=4", "train.log_every=1"], tmp_path))
     assert run_signature(base) != run_signature(compose_config(["seed=1"], tmp_path))
     assert run_signature(base) != run_signature(compose_config(["quantizer.codebook_size=64"], tmp_path))
 

@@ -102,6 +102,15 @@ def test_eval_decode_of_encode_equals_forward_and_train_path_is_a_sample():
     out_t.loss.backward() if h.requires_grad else None
 
 
+def test_group_kl_uses_the_strided_channel_map():
+    q = build_quantizer("gq", codebook_size=16, codebook_dim=2, num_codebooks=3).eval()
+    mu = torch.zeros(1, 6, 2, 2)
+    mu[:, 1 * 3 + 2] = 4.0  # channel d*G + j with d=1, j=2: dim 1 of group 2 carries 8 nats
+    out = q(torch.cat([mu, torch.zeros_like(mu)], 1))
+    assert out.stats["bits_mean/0"] == 0 and out.stats["bits_mean/1"] == 0
+    assert math.isclose(out.stats["bits_mean/2"], 8 / math.log(2), rel_tol=1e-6)
+
+
 def test_kl_in_bits_matches_closed_form():
     mu, logvar = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0.0, 0.0, math.log(0.25)])
     nats = 0.5 * (mu**2 + logvar.exp() - 1 - logvar)

@@ -25,6 +25,12 @@ def test_psnr_is_per_image_on_the_0_255_scale_without_clamping():
         assert np.allclose(M.psnr_ssim_per_image(x[:1], x[:1] + 0)[1], 1.0)
 
 
+def test_ssim_is_nan_below_the_window_size():
+    x = torch.zeros(1, 3, 8, 8)
+    psnr, ssim = M.psnr_ssim_per_image(x, x + 0.1)
+    assert np.isfinite(psnr).all() and np.isnan(ssim).all()
+
+
 def test_codebook_usage_entropy_and_perplexity_per_sub_codebook():
     counter = M.CodebookCounter(codebook_size=4, num_codebooks=2)
     # sub-codebook 0 uses all 4 codes uniformly; sub-codebook 1 uses codes {0, 1} only, uniformly

@@ -178,3 +178,33 @@ def test_gan_and_lpips_training_path(tmp_path, monkeypatch):
     disc_keys = [k for k in history if "disc" in k or "d_loss" in k]
     assert disc_keys and all(min(history[k]) >= 6 for k in disc_keys), history
     assert any("perceptual" in k for k in history) and any("logvar" in k for k in history)
+    d_weight = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "train/d_weight")}
+    assert d_weight[4] == 0 and d_weight[8] > 0  # adaptive weight is live once the GAN starts
+    job_dir = tmp_path / "runs" / "jobs" / runs[0].data.tags["signature"]
+    assert load_checkpoint(job_dir / "last.pt")["opt_d"]["state"]  # the discriminator optimizer has stepped
+
+
+def test_sigterm_is_recorded_as_killed_and_the_job_folder_is_exclusive(fast_cfg, tmp_path):
+    import fcntl
+    import os
+    import signal
+
+    from gqbench.sweep import Terminated
+
+    def terminate_at_step_3(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Terminated):
+        run_job(fast_cfg, output_dir=tmp_path / "out", on_step=terminate_at_step_3)
+    client, runs = only_run(tmp_path / "runs")
+    assert runs[0].info.status == "KILLED" and "signal" in runs[0].data.tags["error"]
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["status"] == "killed"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+
+    # while another process holds the job folder, a second copy of the job refuses to start
+    job_dir = tmp_path / "runs" / "jobs" / runs[0].data.tags["signature"]
+    with open(job_dir / ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match=r"is in use by another process"):
+            run_job(fast_cfg, output_dir=tmp_path / "out2")
