@@ -64,36 +64,40 @@ def _level_resolutions(resolution: int, num_levels: int) -> list[int]:
     return [resolution // 2**level for level in range(num_levels)]
 
 
-def _check_args(
+def _configure(
+    module: nn.Module,
     *,
     who: str,
+    in_channels: int,
+    out_channels: int,
     ch: int,
     ch_mult: Sequence[int],
     num_res_blocks: int,
     attn_resolutions: Sequence[int],
     resolution: int,
     dropout: float,
-    io_name: str,
-    io_channels: int,
 ) -> None:
-    """Shared argument validation of Encoder and Decoder: one ValueError per rule, naming the fix."""
+    """Validate the arguments Encoder and Decoder share (one ValueError per rule, naming the fix) and set the
+    attributes they share."""
+    ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
     if len(ch_mult) == 0:
         raise ValueError(f"{who}: ch_mult is empty; give one multiplier per level, e.g. ch_mult=(1, 2, 4, 4)")
     if any(int(m) != m or m < 1 for m in ch_mult):
-        raise ValueError(f"{who}: ch_mult={tuple(ch_mult)} must hold positive integers")
+        raise ValueError(f"{who}: ch_mult={ch_mult} must hold positive integers")
     if ch < 1:
         raise ValueError(f"{who}: ch={ch} must be >= 1")
     if num_res_blocks < 1:
         raise ValueError(f"{who}: num_res_blocks={num_res_blocks} must be >= 1")
-    if io_channels is None or io_channels < 1:
-        raise ValueError(f"{who}: {io_name}={io_channels} must be a positive channel count")
+    for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if channels is None or channels < 1:
+            raise ValueError(f"{who}: {name}={channels} must be a positive channel count")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"{who}: dropout={dropout} must lie in [0, 1)")
     factor = 2 ** (len(ch_mult) - 1)
     if resolution < 1 or resolution % factor != 0:
         raise ValueError(
             f"{who}: resolution={resolution} is not divisible by the downsample factor {factor} "
-            f"(= 2^(len(ch_mult) - 1) for ch_mult={tuple(ch_mult)}); use a multiple of {factor}"
+            f"(= 2^(len(ch_mult) - 1) for ch_mult={ch_mult}); use a multiple of {factor}"
         )
     occurring = _level_resolutions(resolution, len(ch_mult))
     for r in attn_resolutions:
@@ -102,6 +106,10 @@ def _check_args(
                 f"{who}: attn_resolutions contains {r}, which never occurs; with resolution={resolution} "
                 f"and {len(ch_mult)} levels the feature maps have resolutions {occurring}"
             )
+    module.in_channels, module.out_channels = in_channels, out_channels
+    module.ch_mult, module.attn_resolutions, module.resolution = ch_mult, attn_resolutions, resolution
+    module.num_levels = len(ch_mult)
+    module.downsample_factor = factor
 
 
 # building blocks
@@ -250,24 +258,11 @@ class Encoder(nn.Module):
         mid_attention: bool = False,  # off in the paper's code, on in the original SD VAE
     ):
         super().__init__()
-        ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
-        _check_args(
-            who="Encoder",
-            ch=ch,
-            ch_mult=ch_mult,
-            num_res_blocks=num_res_blocks,
-            attn_resolutions=attn_resolutions,
-            resolution=resolution,
-            dropout=dropout,
-            io_name="out_channels",
-            io_channels=out_channels,
+        _configure(
+            self, who="Encoder", in_channels=in_channels, out_channels=out_channels, ch=ch, ch_mult=ch_mult,
+            num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions, resolution=resolution, dropout=dropout,
         )
-        if in_channels < 1:
-            raise ValueError(f"Encoder: in_channels={in_channels} must be >= 1")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.ch_mult, self.attn_resolutions, self.resolution = ch_mult, attn_resolutions, resolution
-        self.num_levels = len(ch_mult)
-        self.downsample_factor = 2 ** (self.num_levels - 1)
+        ch_mult, attn_resolutions = self.ch_mult, self.attn_resolutions
 
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
@@ -316,24 +311,11 @@ class Decoder(nn.Module):
         mid_attention: bool = False,
     ):
         super().__init__()
-        ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
-        _check_args(
-            who="Decoder",
-            ch=ch,
-            ch_mult=ch_mult,
-            num_res_blocks=num_res_blocks,
-            attn_resolutions=attn_resolutions,
-            resolution=resolution,
-            dropout=dropout,
-            io_name="in_channels",
-            io_channels=in_channels,
+        _configure(
+            self, who="Decoder", in_channels=in_channels, out_channels=out_channels, ch=ch, ch_mult=ch_mult,
+            num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions, resolution=resolution, dropout=dropout,
         )
-        if out_channels < 1:
-            raise ValueError(f"Decoder: out_channels={out_channels} must be >= 1")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.ch_mult, self.attn_resolutions, self.resolution = ch_mult, attn_resolutions, resolution
-        self.num_levels = len(ch_mult)
-        self.downsample_factor = 2 ** (self.num_levels - 1)
+        ch_mult, attn_resolutions = self.ch_mult, self.attn_resolutions
 
         block_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(in_channels, block_in, 3, padding=1)
