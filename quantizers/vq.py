@@ -20,7 +20,8 @@ Switches (all constructor arguments, all off by default = VQGAN):
   and the loss keeps only the commitment term. N and s start at one pseudo-observation per codeword
   (N = 1, s = e), so an unused codeword stays where it is instead of being divided by ε.
 - dead_code_threshold: after every training step, codewords whose EMA count N_k (tracked in every mode,
-  decay γ) is below the threshold are re-seeded with random encoder outputs of the current batch.
+  decay γ) is below the threshold and that no row picked in the batch are re-seeded with random encoder
+  outputs of the current batch.
 - init: "uniform" (VQGAN, U(−1/K, 1/K)) or "kmeans" (k-means on the first training batch).
 
 reduction="sum" sums the loss over latent elements and divides by the batch, the same convention as the
@@ -204,12 +205,15 @@ class VectorQuant(Quantizer):
             smoothed = (self.cluster_size + self.eps) / (total + K * self.eps) * total
             self.codebook.copy_(self.embed_sum / smoothed[:, None])
         stats["active_codes"] = (self.cluster_size >= max(self.dead_code_threshold, 1e-3)).float().mean().item()
-        stats["restarted_codes"] = float(self._restart_dead_codes(z))
+        stats["restarted_codes"] = float(self._restart_dead_codes(z, unused=counts == 0))
 
-    def _restart_dead_codes(self, z: Tensor) -> int:
+    def _restart_dead_codes(self, z: Tensor, unused: Tensor) -> int:
         if self.dead_code_threshold <= 0:
             return 0
-        dead = self.cluster_size < self.dead_code_threshold
+        # Only codewords no row picked in this batch: their gradient in this step is exactly zero whatever
+        # their value, so re-seeding them through .data (below) cannot corrupt the pending backward pass
+        # (F.normalize saved the codebook for it when l2_norm is on).
+        dead = (self.cluster_size < self.dead_code_threshold) & unused
         if _distributed():  # every rank must re-seed the same codewords with the same vectors
             dist.broadcast(dead, src=0)
         n_dead = int(dead.sum())
@@ -217,7 +221,7 @@ class VectorQuant(Quantizer):
             return 0
         fresh = z[torch.randint(z.shape[0], (n_dead,), device=z.device)]
         _broadcast_from_rank0_(fresh)
-        self.codebook[dead] = fresh
+        self.codebook.data[dead] = fresh
         self.cluster_size[dead] = self.dead_code_threshold
         if self.ema_update:
             self.embed_sum[dead] = fresh * self.dead_code_threshold

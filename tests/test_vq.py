@@ -133,6 +133,21 @@ def test_dead_codes_are_reseeded_with_encoder_outputs():
     assert q(h).stats["restarted_codes"] < 15  # seeded codes now win some rows
 
 
+def test_restarts_with_l2_codes_keep_the_backward_pass_valid():
+    q = make(codebook_size=16, codebook_dim=2, num_codebooks=1, l2_norm=True, dead_code_threshold=0.9,
+             decay=0.5).train()
+    h = torch.randn(2, 2, 3, 3, requires_grad=True)
+    used_before = q.codes().detach().clone()
+    out = q(h)
+    assert out.stats["restarted_codes"] > 0
+    (out.z_q.sum() + out.loss).backward()  # the codebook changed in place after the forward
+    used = out.indices.unique()
+    assert torch.equal(q.codes().detach()[used], used_before[used])  # picked codewords are never re-seeded
+    unused = torch.ones(16, dtype=torch.bool)
+    unused[used] = False
+    assert (q.codebook.grad[unused] == 0).all()
+
+
 def test_kmeans_init_runs_once_on_the_first_training_batch_and_survives_a_checkpoint():
     q = make(init="kmeans", codebook_size=8, codebook_dim=2, num_codebooks=1, kmeans_iters=20).train()
     assert not bool(q.initialized)
