@@ -94,18 +94,21 @@ QUANTIZER_SIZE_KEYS = ("name", "codebook_size", "codebook_dim", "num_codebooks")
 def quantizer_kwargs(quantizer_cfg: DictConfig, z_channels: int) -> dict[str, Any]:
     """Arguments for quantizers.build_quantizer from the `quantizer` config node.
 
-    num_codebooks=null means "as many groups as the model's latent holds": z_channels / codebook_dim.
+    num_codebooks=null means "as many groups as the model's latent holds": z_channels / codebook_dim, where a
+    null codebook_dim is the method's own default for its size (log2 K for GQ/LFQ/BSQ, len(levels) for FSQ).
     """
+    from quantizers import default_codebook_dim
     from quantizers._utils import groups_for_channels
 
     options = OmegaConf.to_container(quantizer_cfg, resolve=True)
+    name, codebook_size = options.pop("name"), options.pop("codebook_size")
     num_codebooks = options.pop("num_codebooks")
     codebook_dim = options.pop("codebook_dim")
     if num_codebooks is None:
-        if codebook_dim is None:
-            raise ValueError("set quantizer.codebook_dim or quantizer.num_codebooks (both are null)")
-        num_codebooks = groups_for_channels(z_channels, codebook_dim)
-    return dict(
-        name=options.pop("name"), codebook_size=options.pop("codebook_size"),
-        codebook_dim=codebook_dim, num_codebooks=num_codebooks, **options,
-    )
+        dims = codebook_dim if codebook_dim is not None else default_codebook_dim(name, codebook_size, **options)
+        if dims is None:
+            raise ValueError(f"quantizer {name!r} needs quantizer.codebook_dim or quantizer.num_codebooks "
+                             "(both are null)")
+        num_codebooks = groups_for_channels(z_channels, dims)
+    return dict(name=name, codebook_size=codebook_size, codebook_dim=codebook_dim, num_codebooks=num_codebooks,
+                **options)

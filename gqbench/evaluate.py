@@ -99,6 +99,7 @@ def evaluate(
     results.update({f"q_{k}": v for k, v in quant_stats.summary().items()})
     image_size = val_set[0].shape[-1]
     results.update(M.rate(q.bits_per_token, tokens_per_image, image_size))
+    results.update(M.code_shape(q))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = torch.cat(grid_rows).clamp(-1, 1).add(1).div(2).cpu()

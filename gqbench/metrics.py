@@ -27,10 +27,13 @@ CODEBOOK_USAGE_MIN = "codebook_usage_min"
 INDEX_ENTROPY = "index_entropy_bits"
 PERPLEXITY = "perplexity"
 BITS_PER_TOKEN = "bits_per_token"
+CODEBOOK_SIZE = "codebook_size"  # entries per sub-codebook, as built
+NUM_CODEBOOKS = "num_codebooks"  # sub-indices per token
+CODEBOOK_DIM = "codebook_dim"  # dims per sub-index
 TOKENS_PER_IMAGE = "tokens_per_image"
 BPP = "bits_per_pixel"
-CONTINUOUS = "continuous_"
-SSIM_WINDOW = 11  # px: the Gaussian window (σ = 1.5, truncated at 3.5σ) scikit-image uses  # prefix for GQ's un-quantized ("Gaussian VAE") reconstruction metrics
+CONTINUOUS = "continuous_"  # prefix for GQ's un-quantized ("Gaussian VAE") reconstruction metrics
+SSIM_WINDOW = 11  # px: the Gaussian window (σ = 1.5, truncated at 3.5σ) scikit-image uses
 
 
 def to_uint8_scale(x: Tensor) -> np.ndarray:
@@ -87,6 +90,15 @@ class CodebookCounter:
                 out[f"{CODEBOOK_USAGE}/{j}"] = usage[j].item()
                 out[f"{PERPLEXITY}/{j}"] = (2.0 ** entropy[j]).item()
         return out
+
+
+def code_shape(quantizer) -> dict[str, float]:
+    """The code as built, which the config may only name (FSQ's levels give ∏ L_i codes, not the nominal 2^k)."""
+    return {
+        CODEBOOK_SIZE: float(quantizer.codebook_size),
+        NUM_CODEBOOKS: float(quantizer.num_codebooks),
+        CODEBOOK_DIM: float(getattr(quantizer, "codebook_dim", float("nan"))),
+    }
 
 
 def rate(bits_per_token: float, tokens_per_image: int, image_size: int) -> dict[str, float]:

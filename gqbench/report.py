@@ -21,9 +21,10 @@ from .tracking import default_tracking_uri, silence_mlflow_noise
 COLUMNS = [
     ("params.quantizer.name", "method", None),
     ("params.model.name", "backbone", None),
-    ("params.quantizer.codebook_size", "K", None),
-    ("params.quantizer.codebook_dim", "m", None),
-    ("metrics.bits_per_token", "bits/token", "{:.0f}"),
+    ("metrics.codebook_size", "K", "{:.0f}"),
+    ("metrics.codebook_dim", "m", "{:.0f}"),
+    ("metrics.num_codebooks", "groups", "{:.0f}"),
+    ("metrics.bits_per_token", "bits/token", "{:.4g}"),
     ("metrics.bits_per_pixel", "bpp", "{:.4f}"),
     ("metrics.psnr", "PSNR↑", "{:.2f}"),
     ("metrics.ssim", "SSIM↑", "{:.4f}"),
@@ -87,7 +88,8 @@ def render(experiment: str, runs: pd.DataFrame) -> str:
     if len(failed):
         lines += [f"## Failed or interrupted jobs ({len(failed)})", "", failed.to_markdown(index=False), ""]
     lines += ["PSNR/SSIM: per image on the 0–255 scale, mean over validation images; usage/perplexity over all "
-              "validation indices; KL bits: mean per-group KL on validation (GQ); bpp is nominal.", ""]
+              "validation indices; KL bits: mean per-group KL on validation (GQ); K, m, groups: the code as built "
+              "(FSQ: K = ∏ levels); bits/token = groups · log2 K; bpp is nominal.", ""]
     return "\n".join(lines)
 
 

@@ -49,6 +49,11 @@ class Quantizer(nn.Module):
     codebook_size: int
     num_codebooks: int
 
+    @classmethod
+    def default_codebook_dim(cls, codebook_size: int | None, **options) -> int | None:
+        """Dims per group the method uses when codebook_dim is None (None: the caller must choose)."""
+        return None
+
     @property
     def bits_per_token(self) -> float:
         return self.num_codebooks * math.log2(self.codebook_size)

@@ -96,6 +96,10 @@ class GaussianQuant(Quantizer):
         # derived from (K, m, seed): not persistent, so checkpoints hold nothing that can be regenerated
         self.register_buffer("codebook", gaussian_codebook(codebook_size, codebook_dim, self.seed), persistent=False)
 
+    @classmethod
+    def default_codebook_dim(cls, codebook_size, **options):
+        return int(codebook_size).bit_length() - 1 if isinstance(codebook_size, int) and codebook_size > 1 else None
+
     # -- the three interface methods ------------------------------------------------------------
 
     def forward(self, h: Tensor) -> QuantizerOutput:
@@ -137,8 +141,8 @@ class GaussianQuant(Quantizer):
         b, _, hh, ww = mu.shape
         mu_rows = channels_to_groups(mu, self.num_codebooks).reshape(-1, self.codebook_dim)
         sigma_rows = channels_to_groups((0.5 * logvar).exp(), self.num_codebooks).reshape(-1, self.codebook_dim)
-        flat = kernels.gq_argmax(
-            mu_rows.contiguous(), sigma_rows.contiguous(), self.codebook, self.beta,
+        flat = kernels.gq_argmax(  # the selection has no gradient: search on detached rows
+            mu_rows.detach().contiguous(), sigma_rows.detach().contiguous(), self.codebook, self.beta,
             exact=self.search_exact, backend=self.search_backend,
         )
         return flat.view(b, self.num_codebooks, hh, ww)

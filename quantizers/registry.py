@@ -29,6 +29,13 @@ def known_quantizers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def default_codebook_dim(name: str, codebook_size: int | None, **options) -> int | None:
+    """The dims per group `name` picks by itself for this size and options (None if it has no default)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown quantizer {name!r}; known quantizers: {', '.join(known_quantizers())}")
+    return _REGISTRY[name].default_codebook_dim(codebook_size, **options)
+
+
 def build_quantizer(
     name: str,
     codebook_size: int,

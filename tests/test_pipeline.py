@@ -57,6 +57,31 @@ def test_one_job_end_to_end(fast_cfg, tmp_path):
     assert {"metrics.json", "reconstructions.png", "config.yaml"} <= artifacts
 
 
+BASELINE_OVERRIDES = {  # each fits the 4-channel test latent
+    "vq": ["quantizer.codebook_size=16", "quantizer.codebook_dim=2", "quantizer.init=kmeans",
+           "quantizer.dead_code_threshold=0.1"],
+    "fsq": ["quantizer.codebook_size=null", "quantizer.codebook_dim=null", "quantizer.levels=[5,3]"],
+    "lfq": ["quantizer.codebook_size=4", "quantizer.codebook_dim=2"],
+    "bsq": ["quantizer.codebook_size=16", "quantizer.codebook_dim=4"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BASELINE_OVERRIDES))
+def test_each_baseline_trains_evaluates_and_records_its_code(name, tmp_path):
+    cfg = compose_config(FAST_OVERRIDES + [f"quantizer={name}"] + BASELINE_OVERRIDES[name], tmp_path)
+    metrics = run_job(cfg, output_dir=tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert record["status"] == "finished"
+    k, groups = metrics["codebook_size"], metrics["num_codebooks"]
+    assert groups * metrics["codebook_dim"] == 4
+    assert metrics["bits_per_token"] == pytest.approx(groups * math.log2(k))
+    assert 0 < metrics["codebook_usage"] <= 1 and 1 <= metrics["perplexity"] <= k
+    assert 5 < metrics["psnr"] < 60
+    assert "continuous_psnr" not in metrics and "q_bits_mean" not in metrics
+    _, runs = only_run(tmp_path / "runs")
+    assert runs[0].info.status == "FINISHED" and runs[0].data.params["quantizer.name"] == name
+
+
 class Interrupt(Exception):
     pass
 

@@ -8,27 +8,72 @@ import torch
 
 from quantizers import Quantizer, build_quantizer, known_quantizers
 
+# A small instance of every method with 3 groups per token; a new method must add itself here.
+SMALL = {
+    "gq": dict(codebook_size=16, codebook_dim=2),
+    "vq": dict(codebook_size=16, codebook_dim=2),
+    "fsq": dict(codebook_size=None, levels=[5, 4]),
+    "lfq": dict(codebook_size=16),
+    "bsq": dict(codebook_size=16),
+}
 
-@pytest.mark.parametrize("name", known_quantizers())
+
+def test_every_registered_method_has_a_small_instance_here():
+    assert set(known_quantizers()) == set(SMALL)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
 def test_eval_decode_of_encode_equals_forward_with_int64_indices(name):
     torch.manual_seed(0)
-    q = build_quantizer(name, codebook_size=16, codebook_dim=2, num_codebooks=3)
+    q = build_quantizer(name, num_codebooks=3, **SMALL[name])
     assert isinstance(q, Quantizer)
-    assert q.bits_per_token == 3 * math.log2(16)
-    h = torch.randn(2, q.in_channels, 4, 5)
+    assert q.bits_per_token == pytest.approx(3 * math.log2(q.codebook_size))
+    h = torch.randn(2, q.in_channels, 4, 5, requires_grad=True)
     q.train()
     out = q(h)
     assert out.z_q.shape == (2, q.out_channels, 4, 5) and out.loss.dim() == 0
+    (out.z_q.square().sum() + out.loss).backward()
+    assert h.grad is not None and torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0
     q.eval()
     out = q(h)
     assert out.indices.dtype == torch.int64 and out.indices.shape == (2, 3, 4, 5)
-    assert int(out.indices.min()) >= 0 and int(out.indices.max()) < 16
+    assert int(out.indices.min()) >= 0 and int(out.indices.max()) < q.codebook_size
     assert torch.equal(q.encode(h), out.indices)
     assert torch.equal(q.decode(out.indices), out.z_q)
 
 
-@pytest.mark.parametrize("name", known_quantizers())
+@pytest.mark.parametrize("name", sorted(SMALL))
 def test_decode_rejects_indices_of_the_wrong_shape(name):
-    q = build_quantizer(name, codebook_size=16, codebook_dim=2, num_codebooks=3)
+    q = build_quantizer(name, num_codebooks=3, **SMALL[name])
     with pytest.raises(ValueError, match="num_codebooks=3"):
         q.decode(torch.zeros(2, 2, 4, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_bad_input_channels_name_the_expected_count(name):
+    q = build_quantizer(name, num_codebooks=3, **SMALL[name])
+    with pytest.raises(ValueError, match=f"in_channels={q.in_channels}"):
+        q(torch.randn(1, q.in_channels + 1, 2, 2))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_each_config_builds_a_quantizer_that_fits_the_default_latent(name):
+    from conftest import compose_config
+    from gqbench.config import quantizer_kwargs
+
+    cfg = compose_config([f"quantizer={name}"])
+    q = build_quantizer(**quantizer_kwargs(cfg.quantizer, cfg.model.z_channels))
+    assert q.out_channels == cfg.model.z_channels and type(q).__name__ in repr(q)
+
+
+def test_null_codebook_dim_takes_the_methods_own_default():
+    from conftest import compose_config
+    from gqbench.config import quantizer_kwargs
+
+    cfg = compose_config(["quantizer=fsq", "quantizer.codebook_size=256", "model.z_channels=6"])
+    assert quantizer_kwargs(cfg.quantizer, 6)["num_codebooks"] == 2  # [8,6,5]: 3 dims per group
+    cfg = compose_config(["quantizer=gq", "quantizer.codebook_dim=null"])
+    assert quantizer_kwargs(cfg.quantizer, 8)["num_codebooks"] == 1  # log2 256 = 8 dims
+    cfg = compose_config(["quantizer=vq", "quantizer.codebook_dim=null"])
+    with pytest.raises(ValueError, match="'vq' needs quantizer.codebook_dim"):
+        quantizer_kwargs(cfg.quantizer, 8)

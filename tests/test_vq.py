@@ -1,15 +1,12 @@
 """VQ (quantizers/vq.py): exact nearest-codeword selection, straight-through, loss order, EMA, restarts, k-means."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FAST_OVERRIDES, compose_config
+from conftest import compose_config
 from gqbench.config import quantizer_kwargs
-from gqbench.sweep import run_job
 from quantizers import build_quantizer
 from quantizers._utils import channels_to_groups
 
@@ -207,15 +204,3 @@ def test_config_builds_the_quantizer_with_the_loss_reduction():
     kwargs = quantizer_kwargs(cfg.quantizer, cfg.model.z_channels)
     q = build_quantizer(**kwargs)
     assert q.reduction == "mean" and q.num_codebooks * q.codebook_dim == cfg.model.z_channels
-
-
-def test_a_vq_job_trains_evaluates_and_reports_codebook_usage(tmp_path):
-    overrides = FAST_OVERRIDES + ["quantizer=vq", "quantizer.codebook_size=16", "quantizer.codebook_dim=2",
-                                  "quantizer.init=kmeans", "quantizer.dead_code_threshold=0.1"]
-    metrics = run_job(compose_config(overrides, tmp_path), output_dir=tmp_path / "out")
-    record = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert record["status"] == "finished"
-    assert metrics["bits_per_token"] == 2 * 4
-    assert 0 < metrics["codebook_usage"] <= 1 and 1 <= metrics["perplexity"] <= 16
-    assert 5 < metrics["psnr"] < 60
-    assert "q_commitment" in metrics and "continuous_psnr" not in metrics
