@@ -105,9 +105,7 @@ class GaussianQuant(Quantizer):
     def forward(self, h: Tensor) -> QuantizerOutput:
         mu, logvar = self._posterior(h)
         group_bits = channels_to_groups(gaussian_kl_bits(mu, logvar), self.num_codebooks).sum(-1)  # (B, G, H, W)
-        tdc_loss, stats = self.tdc(group_bits)
-        loss = self.kl_weight * tdc_loss
-        stats["kl_loss"] = loss.item()
+        loss, stats = self._regularize(group_bits)
         sample = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
         if self.training:
             return QuantizerOutput(z_q=sample, indices=None, loss=loss, stats=stats)
@@ -136,6 +134,13 @@ class GaussianQuant(Quantizer):
         h = h.float()  # the posterior, KL and search are fp32 even under autocast
         mu, logvar = h.chunk(2, dim=1)
         return mu, logvar.clamp(*self.logvar_range)
+
+    def _regularize(self, group_bits: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """TDC on the per-group KL (bits), weighted by kl_weight."""
+        tdc_loss, stats = self.tdc(group_bits)
+        loss = self.kl_weight * tdc_loss
+        stats["kl_loss"] = loss.item()
+        return loss, stats
 
     def _search(self, mu: Tensor, logvar: Tensor) -> Tensor:
         b, _, hh, ww = mu.shape

@@ -15,6 +15,7 @@ SMALL = {
     "fsq": dict(codebook_size=None, levels=[5, 4]),
     "lfq": dict(codebook_size=16),
     "bsq": dict(codebook_size=16),
+    "tokenbridge": dict(codebook_size=4),
 }
 
 
