@@ -16,9 +16,13 @@ def test_config_groups_are_present():
     assert {"unet_tiny", "unet_sd3"} <= set(GROUPS["model"])
 
 
+PRIMARY = {"data", "model", "quantizer", "train", "loss", "eval", "tracking", "paths"}  # conf/config.yaml defaults
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_option_composes_and_resolves(group, option, tmp_path):
-    overrides = [f"{group}={option}"] + (["data.root=/some/where"] if option == "imagefolder" else [])
+    plus = "" if group in PRIMARY else "+"  # groups outside the defaults list are appended
+    overrides = [f"{plus}{group}={option}"] + (["data.root=/some/where"] if option == "imagefolder" else [])
     cfg = compose_config(overrides, tmp_path)
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     check_targets(cfg)
@@ -30,6 +34,23 @@ def test_every_experiment_composes(experiment, tmp_path):
     assert cfg.tracking.experiment == experiment
     kwargs = quantizer_kwargs(cfg.quantizer, cfg.model.z_channels)
     assert kwargs["num_codebooks"] * kwargs["codebook_dim"] == cfg.model.z_channels
+
+
+@pytest.mark.parametrize("method", GROUPS["at16bits"])
+def test_equal_bits_sweep_sizes_every_method_to_16_bits_per_token(method):
+    from quantizers import build_quantizer
+
+    cfg = compose_config(["+experiment=baselines_16bit", f"+at16bits={method}"])
+    assert cfg.quantizer.name == method
+    q = build_quantizer(**quantizer_kwargs(cfg.quantizer, cfg.model.z_channels))
+    assert q.out_channels == cfg.model.z_channels
+    assert abs(q.bits_per_token - 16) < 0.25
+
+
+def test_equal_bits_sweep_covers_every_registered_method():
+    from quantizers import known_quantizers
+
+    assert set(GROUPS["at16bits"]) == set(known_quantizers())
 
 
 def test_paper_backbone_config():
