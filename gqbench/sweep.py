@@ -152,10 +152,11 @@ def _run_locked_job(cfg, output_dir, runs_dir, job_dir, signature, device, start
         for artifact in (job_dir / METRICS_FILE, job_dir / GRID_FILE, config_file):
             tracker.log_artifact(artifact)
         tracker.end("FINISHED")
-        log.info("PSNR %.2f dB  SSIM %.4f  usage %.3f  perplexity %.1f  bits %.3f [%.3f, %.3f]  -> %s",
+        kl = ("  KL bits %.3f [%.3f, %.3f]" % (metrics["q_bits_mean"], metrics["q_bits_min"], metrics["q_bits_max"])
+              if "q_bits_mean" in metrics else "")
+        log.info("PSNR %.2f dB  SSIM %.4f  usage %.3f  perplexity %.1f  bits/token %.4g%s  -> %s",
                  metrics["psnr"], metrics["ssim"], metrics["codebook_usage"], metrics["perplexity"],
-                 metrics.get("q_bits_mean", float("nan")), metrics.get("q_bits_min", float("nan")),
-                 metrics.get("q_bits_max", float("nan")), output_dir)
+                 metrics["bits_per_token"], kl, output_dir)
         return metrics
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED"

@@ -190,15 +190,21 @@ def train(
         done = step + 1
         if done % tcfg.log_every == 0 or done == tcfg.max_steps:
             log_metrics({f"train/{k}": v for k, v in stats.items()}, done)
-            log.info("step %d/%d loss %.4g rec %.4g bits %.3f [%.3f, %.3f] lam %.3g", done, tcfg.max_steps,
-                     stats["loss"], stats["loss_rec"], stats.get("q_bits_mean", float("nan")),
-                     stats.get("q_bits_min", float("nan")), stats.get("q_bits_max", float("nan")),
-                     stats.get("q_lam", float("nan")))
+            log.info("step %d/%d loss %.4g rec %.4g %s", done, tcfg.max_steps, stats["loss"], stats["loss_rec"],
+                     _quantizer_summary(stats))
         if done % tcfg.checkpoint_every == 0 or done == tcfg.max_steps:
             checkpoint(done, stats)
         bar.update(1)
-        bar.set_postfix(loss=f"{stats['loss']:.4g}", bits=f"{stats.get('q_bits_mean', float('nan')):.2f}", refresh=False)
+        bar.set_postfix(loss=f"{stats['loss']:.4g}", refresh=False)
         if on_step is not None:
             on_step(done)
     bar.close()
     return stats
+
+
+def _quantizer_summary(stats: dict[str, float]) -> str:
+    """The quantizer's own training stats for the log line: GQ's KL bits and λ, other methods' loss terms."""
+    if "q_bits_mean" in stats:
+        text = "bits %.3f [%.3f, %.3f]" % (stats["q_bits_mean"], stats["q_bits_min"], stats["q_bits_max"])
+        return text + (" lam %.3g" % stats["q_lam"] if "q_lam" in stats else "")
+    return " ".join(f"{k[2:]} {v:.4g}" for k, v in stats.items() if k.startswith("q_") and "/" not in k)
