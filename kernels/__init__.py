@@ -55,6 +55,11 @@ tensors it needs ``TRITON_INTERPRET=1`` set before triton is imported);
 bf16x3 tensor-core products (each operand split into two bf16 terms); the
 certificate accounts for their error, so the indices are still exact (a few
 more rows may need the fallback). On the torch path it has no effect.
+On the Triton path a call is three kernel launches (row features and value
+checks, scan, merge + rescore + certificate) and one device->host copy (the
+value-check counts and the number of uncertified rows); only rows that need
+the fallback cost more. The torch path builds the row features with torch ops
+and checks the values with one sync of its own.
 Torch matmuls run with float32 matmul precision "highest" temporarily forced
 (a process-global setting), so the bound stays valid. Codebook-side features
 are cached per codebook tensor (identity + version counter).
@@ -75,10 +80,12 @@ def gq_argmax(mu: torch.Tensor, sigma: torch.Tensor, codebook: torch.Tensor,
 
     mu, sigma: (N, m) fp32 (sigma > 0); codebook: (K, m) fp32. Returns (N,) int64.
     """
-    return search(gq_problem(mu, sigma, codebook, beta), backend=backend, exact=exact)
+    # defer: the search builds the rows with its backend (Triton: one kernel,
+    # value checks read back with the result instead of a sync of their own).
+    return search(gq_problem(mu, sigma, codebook, beta, defer=True), backend=backend, exact=exact)
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, exact: bool = True,
                  backend: str = "auto") -> torch.Tensor:
     """VQ selection: exact argmin_k ||z - c_k||^2. z: (N, m), codebook: (K, m) fp32."""
-    return search(vq_problem(z, codebook), backend=backend, exact=exact)
+    return search(vq_problem(z, codebook, defer=True), backend=backend, exact=exact)

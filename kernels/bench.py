@@ -11,6 +11,11 @@ For each (N, m) at fixed K, times
   unfused    (GPU) full N x K fp32 score matrix (one cuBLAS matmul) + argmax
   triton     (GPU) the exact fused kernel path, end to end and pass 1 alone
   triton-tc  (GPU) the bf16x3 tensor-core variant (exact=False), still exact
+GPU runs also print a "host overhead" table: per shape, the full call
+(gq_argmax, wall time between CUDA events, its one sync included) next to
+the device time of the kernels it launches (core.triton_launches queued
+behind a sleep kernel, so launch and Python costs are hidden) and their
+difference.
 FLOP/s count 2*N*K*(2m) (the useful GEMM; padding not counted).
 Inputs mimic a trained GQ encoder at ~log2 K bits per group: sigma_d around
 exp(-ln K / m), mu ~ sqrt(1 - sigma^2) N(0, 1), codebook ~ N(0, I).
@@ -28,7 +33,7 @@ import torch
 from . import gq_argmax, torch_search
 from .features import gq_problem, ieee_fp32_matmul
 from .reference import reference_gq_argmax, upstream_gq_argmax
-from .core import search
+from .core import search, triton_launches
 
 FP32_PEAK = {"H100": 67e12, "H200": 67e12}  # dense fp32 (non tensor-core), datasheet
 
@@ -61,6 +66,34 @@ def time_it(fn, device, reps: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def device_time(fn, device, reps: int) -> tuple[float, bool]:
+    """(seconds of device time per call of fn, queue_drained) on CUDA.
+
+    fn must not sync. The calls are queued behind a sleep kernel longer than
+    it takes the host to issue them, so the GPU runs their kernels back to
+    back and the events time the kernels, not the host. queue_drained: the
+    sleep ended before the last call was issued (then the time includes host
+    gaps). Elsewhere: time_it, and False.
+    """
+    if device.type != "cuda":
+        return time_it(fn, device, reps), False
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    host = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(int(2e9 * (2.0 * reps * host + 2e-3)))  # cycles; >= that many s at <= 2 GHz
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    drained = start.query()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps / 1e3, drained
 
 
 def floor_cpu(prob, rows: int, tile: int) -> None:
@@ -97,7 +130,7 @@ def fmt_bytes(b: float) -> str:
     return str(b)
 
 
-def run_case(N, K, m, beta, device, args, rows_out):
+def run_case(N, K, m, beta, device, args, rows_out, overhead_out):
     mu, sigma, cb = make_inputs(N, K, m, device, seed=args.seed)
     flops = 2.0 * N * K * (2 * m)
     prob = gq_problem(mu, sigma, cb, beta)
@@ -138,13 +171,21 @@ def run_case(N, K, m, beta, device, args, rows_out):
             fn = lambda: gq_argmax(mu, sigma, cb, beta, exact=exact, backend="triton")
             t = time_it(fn, device, args.reps)
             st = {}
-            idx[name] = search(prob, backend="triton", exact=exact, stats=st)
+            # The same path as fn (rows built by the prepare kernel), with stats.
+            idx[name] = search(gq_problem(mu, sigma, cb, beta, defer=True), backend="triton",
+                               exact=exact, stats=st)
             stats[name] = st
             res[name] = (t, peak_extra(fn, device),
                           f"end to end; max_memory_allocated; fallback rows {st['fallback_rows']}")
             t_scan = time_it(lambda: ts.scan(prob, tc=not exact), device, args.reps)
             cfg = ts.pick_config(prob, not exact)
             res[name + " pass1"] = (t_scan, 0, f"scan kernel only, config {cfg}")
+            t_kern, drained = device_time(
+                lambda: triton_launches(gq_problem(mu, sigma, cb, beta, defer=True), exact),
+                device, args.reps)
+            overhead_out.append(dict(N=N, m=m, method=name, full=t, kernels=t_kern,
+                                     unfused=res["unfused"][0], drained=drained,
+                                     fallback=st["fallback_rows"]))
 
     # Correctness: every method vs the fp64 oracle (subset) and vs the exact one (all rows).
     exact_names = [k for k in idx if k != "unfused"]
@@ -204,10 +245,11 @@ def main(argv=None) -> int:
         print(f"# load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus "
               "(timings are best-of-reps wall clock)")
     rows = []
+    overhead = []
     all_checks = []
     for m in args.m:
         for N in args.N:
-            checks, stats, ok_case = run_case(N, args.K, m, args.beta, device, args, rows)
+            checks, stats, ok_case = run_case(N, args.K, m, args.beta, device, args, rows, overhead)
             all_checks.append((N, m, checks, stats, ok_case))
     print()
     print("| N | m | method | time | ×ref speed-up | ÷floor | FLOP/s | peak extra mem | note |")
@@ -224,6 +266,19 @@ def main(argv=None) -> int:
             for r in rows:
                 if r["method"].startswith("triton"):
                     print(f"  N={r['N']} m={r['m']} {r['method']}: {100 * r['flops'] / peak:.1f} %")
+    if overhead:
+        print("\nhost overhead: full call vs the device time of the kernels it launches")
+        print("| N | m | method | full call | kernels only | host overhead | unfused | note |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in overhead:
+            note = f"fallback rows {r['fallback']}"
+            if r["drained"]:
+                note += "; launch queue drained: kernels-only time includes host gaps"
+            if device.type != "cuda":
+                note += "; no GPU: wall-clock times"
+            print(f"| {r['N']} | {r['m']} | {r['method']} | {r['full'] * 1e3:.3f} ms | "
+                  f"{r['kernels'] * 1e3:.3f} ms | {(r['full'] - r['kernels']) * 1e3:.3f} ms | "
+                  f"{r['unfused'] * 1e3:.3f} ms | {note} |")
     print("\nindex checks:")
     ok = True
     for N, m, checks, stats, ok_case in all_checks:

@@ -1,5 +1,9 @@
 """The one search core behind gq_argmax and nearest_code.
 
+    pass 0  rows     build the row features F (features.build_rows_torch, or
+                     on the Triton path one prepare kernel that counts rows
+                     failing the value checks into a status tensor instead
+                     of syncing)
     pass 1  scan     stream codebook tiles through the GEMM (fp32, or bf16x3
                      tensor cores), fold them into running elementwise maxima
                      ("slots": slot j = best of codewords j, j+W, j+2W, ...),
@@ -16,6 +20,11 @@
     pass 3  fallback the other rows: every codeword whose fp32 score is
                      >= v - e_i - 2s - gamma |F| . max|G| (a proven lower bound
                      for the fp64 winner) is re-ranked with the fp64 formula.
+
+On the Triton path the split merge, pass 2 and the certificate are one
+kernel, and the call reads the status (value checks + number of uncertified
+rows) back to the host once; only when rows are uncertified does it look
+for them (torch.nonzero) and run the fallback.
 """
 from __future__ import annotations
 
@@ -24,9 +33,12 @@ import os
 import torch
 
 from . import torch_search
-from .features import Problem, bf16x3_gamma, fp32_gamma
+from .features import Problem, bf16x3_gamma, build_rows_torch, fp32_gamma, raise_failed_check
 
 BACKENDS = ("auto", "triton", "torch")
+# Per-code upper bounds use GAMMA_UB * gamma: 1.25x covers the rounding of
+# approx + gamma*|F||G| evaluated in fp32.
+GAMMA_UB = 1.25
 
 
 def _triton_module():
@@ -55,23 +67,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def merge_candidates(vals: torch.Tensor, slots: torch.Tensor, q: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, X) slot maxima from any number of K splits -> (N, q-1) best slots, s_out.
-
-    Each split kept its local top q, so the global q-th largest entry bounds
-    every slot outside the global top q-1 (ties only shrink the margin).
-    """
-    k = min(q, vals.shape[1])
-    v, j = torch.topk(vals, k, dim=1)
-    t = torch.gather(slots, 1, j)
-    t = torch.where(v == float("-inf"), -1, t)  # empty slots: nothing to rescore
-    if k < q:  # fewer slots than q: nothing outside the list
-        s_out = torch.full_like(v[:, 0], float("-inf"))
-        return t, s_out
-    return t[:, : q - 1], v[:, q - 1]
-
-
 def _lower_bound(prob: Problem, v: torch.Tensor, idx: torch.Tensor, rows, gamma: float):
     """Proven lower bound on the true score of codeword idx (fp32 score v), minus 2 s.
 
@@ -84,33 +79,63 @@ def _lower_bound(prob: Problem, v: torch.Tensor, idx: torch.Tensor, rows, gamma:
 def search(prob: Problem, *, backend: str = "auto", exact: bool = True,
            stats: dict | None = None, **tuning) -> torch.Tensor:
     """Exact argmax_k of the direct fp64 score, lowest index on ties (LongTensor[N])."""
-    which = resolve_backend(backend, prob.F.device)
-    gamma = fp32_gamma(prob.DP)
-    # 1.25x: covers the rounding of approx + gamma*|F||G| evaluated in fp32.
-    gamma_ub = 1.25 * gamma
-    U = prob.err_unit
+    # The error bounds assume fp32 products: a caller's autocast region must not turn the GEMMs into bf16.
+    with torch.autocast(device_type=prob.c.device.type, enabled=False):
+        return _search(prob, backend=backend, exact=exact, stats=stats, **tuning)
+
+
+def _search(prob: Problem, *, backend: str, exact: bool, stats: dict | None, **tuning) -> torch.Tensor:
+    dev = prob.c.device
+    which = resolve_backend(backend, dev)
+    if prob.N == 0:
+        if prob.F is None:
+            build_rows_torch(prob)  # still raises on a bad codebook
+        return torch.empty(0, dtype=torch.long, device=dev)
     if which == "triton":
         ts = _triton_module()
-        vals, slots, width, q = ts.scan(prob, tc=not exact, **tuning)
-        gamma1 = gamma if exact else bf16x3_gamma(prob.DP)
-        cand, s_out = merge_candidates(vals, slots.long(), q)
-        v, idx, w = ts.rescore(prob, cand, width, gamma_ub)
-        low = _lower_bound(prob, v, idx, slice(None), gamma)
-        ok = (low > w.double()) & (low > s_out.double() + gamma1 * U)
-        bad = torch.nonzero(~ok).flatten()
-        low = low[bad]
+        idx, thr, ok, status, width, q = triton_launches(prob, exact, **tuning)
+        counts = status.tolist()  # the call's one device->host sync
+        raise_failed_check(prob.kind, counts)
+        n_bad = counts[ts.UNCERTIFIED]
+        if n_bad:
+            bad = torch.nonzero(ok == 0).flatten()
+            idx[bad] = torch_search.exact_fallback(prob, bad, thr[bad])
     else:
+        if prob.F is None:
+            build_rows_torch(prob)
         # No CPU tensor cores: exact=False is the same search.
         q = 4
+        gamma = fp32_gamma(prob.DP)
         vals, slots, width = torch_search.scan_torch(prob, q, **tuning)
         Gs = prob.slot_major(width)
-        idx, bad, low = _rescore_progressive(prob, vals, slots, Gs, gamma, gamma_ub)
-    if bad.numel():
-        idx[bad] = torch_search.exact_fallback(prob, bad, low - gamma * U[bad])
+        idx, bad, low = _rescore_progressive(prob, vals, slots, Gs, gamma, GAMMA_UB * gamma)
+        n_bad = bad.numel()
+        if n_bad:
+            idx[bad] = torch_search.exact_fallback(prob, bad, low - gamma * prob.err_unit[bad])
     if stats is not None:
-        stats.update(backend=which, rows=prob.N, fallback_rows=int(bad.numel()),
+        stats.update(backend=which, rows=prob.N, fallback_rows=int(n_bad),
                      slot_layout=width, candidates=q - 1)
     return idx
+
+
+def triton_launches(prob: Problem, exact: bool = True, **tuning):
+    """The Triton path's kernels (prepare if the rows are not built, scan,
+    rescore), no host sync: -> (idx, thr, ok, status, slot layout, q).
+
+    Nothing is checked yet: the caller reads ``status`` (value checks, then
+    the number of uncertified rows) before trusting idx. Also what
+    kernels.bench times as "kernels only".
+    """
+    ts = _triton_module()
+    gamma = fp32_gamma(prob.DP)
+    status = ts.new_status(prob.c.device)
+    if prob.F is None:
+        ts.prepare(prob, status, tc=not exact)
+    vals, slots, width, q = ts.scan(prob, tc=not exact, **tuning)
+    idx, thr, ok = ts.rescore(prob, vals, slots, width, q, status, gamma=gamma,
+                              gamma_ub=GAMMA_UB * gamma,
+                              gamma1=gamma if exact else bf16x3_gamma(prob.DP))
+    return idx, thr, ok, status, width, q
 
 
 def _rescore_progressive(prob, vals, slots, Gs, gamma, gamma_ub):

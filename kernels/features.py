@@ -20,12 +20,18 @@ product, in any summation order, with or without FMA, satisfies
 ``|approx_k - S_k| <= gamma * sum_i |F_i| |G_ki| <= gamma * sum_i |F_i| Gmax_i``
 with ``gamma ~ (DP + 3) u``. ``Problem.err_unit`` is ``sum_i |F_i| Gmax_i``
 (fp64, per row); the searches multiply it by a generous constant.
+
+Row features can be built here with torch ops (``build_rows_torch``: value
+checks synced at once) or, on the Triton path, by one kernel
+(``triton_search.prepare``) that counts failing rows per check into a small
+status tensor the search reads back once. Either way the same checks raise
+the same ValueError messages (``CHECK_MESSAGES``).
 """
 from __future__ import annotations
 
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,6 +39,7 @@ U32 = 2.0 ** -24
 # Slack for the fp64 direct evaluation itself (its rounding is ~1e-16 relative;
 # 2^-40 is a wide margin even for m in the hundreds).
 U64_SLACK = 2.0 ** -40
+UNDERFLOW_SLACK = 2.0 ** -100  # see _underflow_slack
 
 
 def padded_dim(d: int, minimum: int = 8) -> int:
@@ -60,32 +67,65 @@ def bf16x3_gamma(dp: int) -> float:
     return 2.0 * (3.03 * 2.0 ** -16 + (3 * dp + 6) * 2.0 ** -23)
 
 
+# Value checks on the inputs, one status slot each, listed in the order their
+# messages take precedence (None: the check does not apply to that kind).
+CHECK_X, CHECK_SIGMA, CHECK_CODEBOOK, CHECK_F_OVERFLOW, CHECK_BF16 = range(5)
+N_CHECKS = 5
+BF16_ROWS_MSG = "row features too large for the bf16 split; use exact=True"
+CHECK_MESSAGES = {
+    "gq": ("mu contains NaN or inf",
+           "sigma must be finite and > 0",
+           "codebook contains NaN or inf (or c^2 overflows float32)",
+           "sigma too small: 1/sigma^2 or mu/sigma^2 overflows float32",
+           BF16_ROWS_MSG),
+    "vq": ("z contains NaN or inf",
+           None,
+           "codebook contains NaN or inf (or ||c||^2 overflows float32)",
+           None,
+           BF16_ROWS_MSG),
+}
+
+
+def raise_failed_check(kind: str, counts) -> None:
+    """ValueError for the first check with a nonzero count of failing rows."""
+    for msg, n in zip(CHECK_MESSAGES[kind], counts):
+        if n and msg:
+            raise ValueError(msg)
+
+
 @dataclass
 class Problem:
     """A search instance: argmax_k F[n] . G[k], exactly re-ranked in fp64.
 
-    F: (N, DP) fp32 contiguous; Gt: (DP, K) fp32 contiguous (G transposed).
+    Gt: (DP, K) fp32 contiguous (G transposed, zero padded).
+    F: (N, DP) fp32, unit column stride (rows may be a column slice of a wider
+    zero-padded buffer: see row_ops). None until the rows are built, by
+    build_rows_torch or triton_search.prepare (``gq_problem(defer=True)``
+    leaves that to the search, which picks the builder of its backend).
     err_unit: (N,) fp64, sum_i |F_ni| max_k |G_ki|.
     slack64: (N,) fp64, bound on the fp64 direct evaluation's own error.
     kind: "gq" or "vq" selects the direct fp64 score, evaluated from the raw
     fp32 inputs x (mu or z), s (sigma) and c (codebook).
     """
 
-    F: torch.Tensor
-    Gt: torch.Tensor
-    D: int
-    err_unit: torch.Tensor
-    slack64: torch.Tensor
     kind: str
     x: torch.Tensor            # mu (gq) or z (vq), (N, m) fp32
     s: torch.Tensor | None     # sigma (gq), (N, m) fp32
     c: torch.Tensor            # codebook, (K, m) fp32
     beta: float
     cb: dict                   # cached codebook-side data (CodebookCache entry)
+    D: int
+    Gt: torch.Tensor
+    F: torch.Tensor | None = None
+    err_unit: torch.Tensor | None = None
+    slack64: torch.Tensor | None = None
+    # Row-side Triton scan operands written together with F (zero-padded
+    # fp32 rows, bf16x3 splits), so the scan needs no extra torch ops.
+    row_ops: dict = field(default_factory=dict)
 
     @property
     def N(self) -> int:
-        return self.F.shape[0]
+        return self.x.shape[0]
 
     @property
     def K(self) -> int:
@@ -93,7 +133,7 @@ class Problem:
 
     @property
     def DP(self) -> int:
-        return self.F.shape[1]
+        return self.Gt.shape[0]
 
     def slot_major(self, tile: int) -> torch.Tensor:
         """(tile, T, DP) features with codewords j, j+tile, j+2 tile, ... contiguous.
@@ -174,18 +214,18 @@ def validate(named: dict, codebook: torch.Tensor) -> None:
             raise ValueError(f"{name} is on {t.device} but codebook is on {codebook.device}")
 
 
-def _raise_first_failure(checks: list[tuple[str, torch.Tensor]]) -> None:
-    # One device sync for all checks, then a message naming the bad input.
-    flags = torch.stack([ok.reshape(()) for _, ok in checks]).cpu().tolist()
-    for (msg, _), ok in zip(checks, flags):
-        if not ok:
-            raise ValueError(msg)
+def _raise_first_failure(kind: str, oks: list) -> None:
+    # One device sync for all checks (CHECK_MESSAGES order, None = n/a), then
+    # a message naming the bad input.
+    present = [ok for ok in oks if ok is not None]
+    flags = iter(torch.stack([ok.reshape(()) for ok in present]).cpu().tolist())
+    raise_failed_check(kind, [ok is not None and not next(flags) for ok in oks])
 
 
 def _underflow_slack(F: torch.Tensor, gmax: torch.Tensor) -> torch.Tensor:
     # The relative bounds ignore underflow: products or bf16 split parts below
     # ~2^-117 lose their relative accuracy. Their absolute effect is tiny.
-    return 2.0 ** -100 * (1.0 + F.abs().double().sum(dim=1) + gmax.sum())
+    return UNDERFLOW_SLACK * (1.0 + F.abs().double().sum(dim=1) + gmax.sum())
 
 
 # -------------------------------------------------------------------- builders
@@ -247,52 +287,65 @@ class CodebookCache:
 CODEBOOKS = CodebookCache()
 
 
-def gq_problem(mu, sigma, codebook, beta: float) -> Problem:
+def gq_problem(mu, sigma, codebook, beta: float, *, defer: bool = False) -> Problem:
+    """GQ instance. Shape/dtype/device checks now; value checks when the rows
+    are built (now, with torch ops, unless ``defer``)."""
     validate({"mu": mu, "sigma": sigma}, codebook)
     beta = float(beta)
     if not (beta == beta and abs(beta) != float("inf")):
         raise ValueError(f"beta must be finite, got {beta}")
     m = codebook.shape[1]
     dp = padded_dim(2 * m)
-    # Row features in fp64, rounded once. c*c in fp32 is already the correctly
-    # rounded square (the exact product of two fp32 fits in fp64's mantissa).
-    mu64, s64 = mu.double(), sigma.double()
-    inv = 1.0 / (s64 * s64)
-    F = torch.zeros(mu.shape[0], dp, dtype=torch.float32, device=mu.device)
-    F[:, :m] = 0.5 * beta - 0.5 * inv
-    F[:, m:2 * m] = mu64 * inv
     cb = CODEBOOKS.get("gq", codebook, dp)
-    Gt, gmax, cabs = cb["Gt"], cb["gmax"], cb["cabs"]
-    _raise_first_failure([
-        ("mu contains NaN or inf", torch.isfinite(mu).all()),
-        ("sigma must be finite and > 0", (torch.isfinite(sigma) & (sigma > 0)).all()),
-        ("codebook contains NaN or inf (or c^2 overflows float32)", torch.isfinite(gmax).all()),
-        ("sigma too small: 1/sigma^2 or mu/sigma^2 overflows float32", torch.isfinite(F).all()),
-    ])
-    err_unit = F.abs().double() @ gmax
-    slack = U64_SLACK * (((cabs + mu64.abs()) ** 2) * inv + abs(beta) * cabs * cabs).sum(dim=1)
-    slack += _underflow_slack(F, gmax)
-    return Problem(F, Gt, 2 * m, err_unit, slack, "gq", mu, sigma, codebook, beta, cb)
+    prob = Problem("gq", mu, sigma, codebook, beta, cb, 2 * m, cb["Gt"])
+    if not defer:
+        build_rows_torch(prob)
+    return prob
 
 
-def vq_problem(z, codebook) -> Problem:
+def vq_problem(z, codebook, *, defer: bool = False) -> Problem:
+    """VQ instance; see gq_problem."""
     validate({"z": z}, codebook)
     m = codebook.shape[1]
-    dp = padded_dim(m + 1)
-    F = torch.zeros(z.shape[0], dp, dtype=torch.float32, device=z.device)
-    F[:, :m] = z
-    F[:, m] = -0.5
-    cb = CODEBOOKS.get("vq", codebook, dp)
-    Gt, gmax, cabs = cb["Gt"], cb["gmax"], cb["cabs"]
-    _raise_first_failure([
-        ("z contains NaN or inf", torch.isfinite(z).all()),
-        ("codebook contains NaN or inf (or ||c||^2 overflows float32)", torch.isfinite(gmax).all()),
-    ])
-    err_unit = F.abs().double() @ gmax
-    # The direct score is -||z-c||^2 = 2 S - const: twice the GEMM scale.
-    slack = U64_SLACK * ((cabs + z.double().abs()) ** 2).sum(dim=1)
+    cb = CODEBOOKS.get("vq", codebook, padded_dim(m + 1))
+    prob = Problem("vq", z, None, codebook, 0.0, cb, m + 1, cb["Gt"])
+    if not defer:
+        build_rows_torch(prob)
+    return prob
+
+
+def build_rows_torch(prob: Problem) -> None:
+    """Row features F, err_unit and slack64 with torch ops; raises on bad values."""
+    m, dp, beta = prob.c.shape[1], prob.DP, prob.beta
+    gmax, cabs = prob.cb["gmax"], prob.cb["cabs"]
+    x = prob.x
+    F = torch.zeros(x.shape[0], dp, dtype=torch.float32, device=x.device)
+    x64 = x.double()
+    if prob.kind == "gq":
+        # Row features in fp64, rounded once. c*c in fp32 is already the correctly
+        # rounded square (the exact product of two fp32 fits in fp64's mantissa).
+        sigma = prob.s
+        s64 = sigma.double()
+        inv = 1.0 / (s64 * s64)
+        F[:, :m] = 0.5 * beta - 0.5 * inv
+        F[:, m:2 * m] = x64 * inv
+        _raise_first_failure("gq", [
+            torch.isfinite(x).all(),
+            (torch.isfinite(sigma) & (sigma > 0)).all(),
+            torch.isfinite(gmax).all(),
+            torch.isfinite(F).all(),
+            None,
+        ])
+        slack = U64_SLACK * (((cabs + x64.abs()) ** 2) * inv + abs(beta) * cabs * cabs).sum(dim=1)
+    else:
+        F[:, :m] = x
+        F[:, m] = -0.5
+        _raise_first_failure("vq", [torch.isfinite(x).all(), None, torch.isfinite(gmax).all(),
+                                    None, None])
+        # The direct score is -||z-c||^2 = 2 S - const: twice the GEMM scale.
+        slack = U64_SLACK * ((cabs + x64.abs()) ** 2).sum(dim=1)
     slack += _underflow_slack(F, gmax)
-    return Problem(F, Gt, m + 1, err_unit, slack, "vq", z, None, codebook, 0.0, cb)
+    prob.F, prob.err_unit, prob.slack64 = F, F.abs().double() @ gmax, slack
 
 
 @contextmanager

@@ -77,6 +77,14 @@ def test_n1_and_tiny_codebooks():
         assert torch.equal(nearest_code(mu, cb), reference_nearest_code(mu, cb))
 
 
+def test_no_rows():
+    mu, sigma, cb = _inputs(0, 100, 4, "random")
+    assert gq_argmax(mu, sigma, cb).shape == (0,)
+    assert nearest_code(mu, cb).dtype == torch.long
+    with pytest.raises(ValueError, match="codebook"):
+        gq_argmax(mu, sigma, cb * float("inf"))
+
+
 def test_ties_pick_the_lowest_index():
     mu, sigma, cb = _inputs(50, 300, 4, "random", seed=7)
     # Every codeword appears three times: at k, k + 300 and k + 600 (three
@@ -177,8 +185,11 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     from kernels.features import gq_problem, vq_problem
     from kernels.reference import reference_gq_argmax, reference_nearest_code
 
+    import kernels
+    from kernels import triton_search as ts
+
     g = torch.Generator().manual_seed(0)
-    def check(N, K, m, beta, sigma, dup=False, **tuning):
+    def check(N, K, m, beta, sigma, dup=False, fallback=False, eager_tc=(), **tuning):
         mu = torch.randn(N, m, generator=g)
         sg = torch.full((N, m), sigma) if sigma else torch.exp(torch.empty(N, m).uniform_(-3, 0.5, generator=g))
         cb = torch.randn(K, m, generator=g)
@@ -186,20 +197,73 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
             cb[K // 2:] = cb[: K - K // 2]
         ref = reference_gq_argmax(mu, sg, cb, beta)
         refz = reference_nearest_code(mu, cb)
-        for exact in (True, False):
-            got = search(gq_problem(mu, sg, cb, beta), backend="triton", exact=exact, **tuning)
-            assert torch.equal(got, ref), (N, K, m, beta, sigma, exact, tuning)
-            gz = search(vq_problem(mu, cb), backend="triton", exact=exact, **tuning)
-            assert torch.equal(gz, refz), ("vq", N, K, m, exact, tuning)
-    check(21, 1000, 4, 1.0, None)                  # K not a multiple of BLOCK_K
+        # Rows built by torch (eager) and by the prepare kernel (deferred).
+        for defer, exact in ((False, True), (True, True), (True, False)) + eager_tc:
+            st = {}
+            got = search(gq_problem(mu, sg, cb, beta, defer=defer), backend="triton", exact=exact,
+                         stats=st, **tuning)
+            assert torch.equal(got, ref), (N, K, m, beta, sigma, defer, exact, tuning)
+            assert st["fallback_rows"] > 0 or not fallback, st
+            gz = search(vq_problem(mu, cb, defer=defer), backend="triton", exact=exact, **tuning)
+            assert torch.equal(gz, refz), ("vq", N, K, m, defer, exact, tuning)
+    check(21, 1000, 4, 1.0, None, eager_tc=((False, False),))  # K not a multiple of BLOCK_K
     check(21, 1000, 16, 0.0, None, splits=3)       # split-K partials merged
     check(9, 1000, 4, 1.0, 1e-4)                   # tiny sigma
     check(9, 1000, 4, 0.0, 1e3)                    # huge sigma
-    check(9, 600, 4, 1.0, None, dup=True)          # duplicates: lowest index
+    check(9, 600, 4, 1.0, None, dup=True, fallback=True)  # duplicates: lowest index
     check(1, 7, 4, 1.0, None)                      # N = 1, K < one tile
-    check(6, 8192, 1, 1.0, None)                   # dense m = 1: fallback rows
+    check(6, 8192, 1, 1.0, None, fallback=True, eager_tc=((False, False),))  # dense m = 1
     check(4, 300, 16, 1.0, None, config=(16, 64, 4, 1), splits=2)
     check(5, 700, 4, 1.0, None, config=(16, 64, 4, 1, "fma"), splits=2)  # FMA-loop variant
+    check(3, 5000, 3, 0.1, None, splits=40)        # 40 splits x Q slot maxima to merge
+
+    # The prepare kernel's rows equal the torch builder's (F and the bf16x3
+    # split bit for bit; the fp64 bounds up to summation order), strided
+    # inputs included; beta must reach the kernel in full fp64.
+    for m, beta in ((1, 0.1), (3, -2.5), (16, 1.0)):
+        mu = torch.randn(40, m, generator=g).t().contiguous().t()
+        sg = torch.exp(torch.empty(m, 40).uniform_(-3, 0.5, generator=g)).t()
+        cb = torch.randn(300, m, generator=g)
+        for a, b in ((gq_problem(mu, sg, cb, beta), gq_problem(mu, sg, cb, beta, defer=True)),
+                     (vq_problem(mu, cb), vq_problem(mu, cb, defer=True))):
+            status = ts.new_status(mu.device)
+            ts.prepare(b, status, tc=True)
+            assert status.tolist() == [0] * ts.STATUS_LEN
+            assert torch.equal(a.F, b.F), (a.kind, m)
+            assert torch.equal(ts.tc_features(a)[0], ts.tc_features(b)[0]), (a.kind, m)
+            assert torch.allclose(a.err_unit, b.err_unit, rtol=1e-13, atol=0)
+            assert torch.allclose(a.slack64, b.slack64, rtol=1e-13, atol=0)
+
+    # Value checks counted by the kernels raise the torch path's messages.
+    mu, sg = torch.randn(5, 3, generator=g), torch.rand(5, 3, generator=g) + 0.1
+    cb = torch.randn(50, 3, generator=g)
+    bad_cb = cb.clone()
+    bad_cb[7, 1] = float("inf")
+    gq = lambda mu, sg, cb: lambda e: kernels.gq_argmax(mu, sg, cb, exact=e, backend="triton")
+    vq = lambda z, cb: lambda e: kernels.nearest_code(z, cb, exact=e, backend="triton")
+    cases = [
+        ("mu contains NaN", gq(mu * float("nan"), sg, cb)),
+        ("sigma must be finite and > 0", gq(mu, -sg, cb)),
+        ("codebook contains NaN", gq(mu, sg, bad_cb)),
+        ("sigma too small", gq(mu, sg * 1e-30, cb)),
+        ("z contains NaN", vq(mu / 0.0, cb)),
+        ("codebook contains NaN", vq(mu, bad_cb)),
+    ]
+    for needle, call in cases:
+        for exact in (True, False):
+            try:
+                call(exact)
+            except ValueError as e:
+                assert needle in str(e), (needle, str(e))
+            else:
+                raise AssertionError(f"no ValueError for {needle!r}")
+    huge = torch.full((2, 3), 3.4e38)  # finite fp32, rounds up to inf in bf16
+    try:
+        kernels.nearest_code(huge, cb, exact=False, backend="triton")
+    except ValueError as e:
+        assert "bf16 split" in str(e), str(e)
+    else:
+        raise AssertionError("no ValueError for the bf16 split")
     print("INTERPRETER_OK")
 """)
 
@@ -211,6 +275,104 @@ def test_triton_kernels_under_interpreter():
     out = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "INTERPRETER_OK" in out.stdout, out.stdout + out.stderr
+
+
+# Counts, outside the kernel launches, the aten ops and host reads of one call
+# on the Triton path (on CUDA each aten op is a host-side dispatch, most a
+# launch, and each host read a device sync). On CPU tensors a sync shows up as
+# aten::_local_scalar_dense (item, bool, int), aten::nonzero, a bool-mask
+# aten::index, or, at the torch-function level only, tolist / cpu / numpy.
+OVERHEAD_SCRIPT = textwrap.dedent("""
+    import collections, os
+    assert os.environ["TRITON_INTERPRET"] == "1"
+    import torch
+    import triton.runtime.interpreter as interp
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    import kernels
+
+    class Count(TorchDispatchMode):
+        SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select"}
+        def __init__(self):
+            super().__init__()
+            self.on, self.ops, self.syncs = True, collections.Counter(), collections.Counter()
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if self.on:
+                self.ops[name] += 1
+                bool_index = name == "index" and any(
+                    isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                    for i in args[1])
+                if name in self.SYNC_OPS or bool_index:
+                    self.syncs[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    class HostReads(TorchFunctionMode):
+        READS = {"tolist", "cpu", "numpy"}  # no aten op on CPU tensors
+        def __init__(self, count):
+            super().__init__()
+            self.count = count
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if self.count.on and name in self.READS:
+                self.count.syncs[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    count = Count()
+    launches = collections.Counter()
+    run = interp.InterpretedFunction.run
+    def counted_run(self, *args, **kwargs):  # the interpreter's own torch ops are not ours
+        launches[self.fn.__name__] += 1
+        count.on = False
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            count.on = True
+    interp.InterpretedFunction.run = counted_run
+
+    g = torch.Generator().manual_seed(0)
+    N, K = 32, 1000
+    for m in (4, 16):
+        mu = torch.randn(N, m, generator=g)
+        sg = torch.exp(torch.empty(N, m).uniform_(-3, 0.5, generator=g))
+        cb = torch.randn(K, m, generator=g)
+        for kind in ("gq", "vq"):
+            for exact in (True, False):
+                def call():
+                    if kind == "gq":
+                        return kernels.gq_argmax(mu, sg, cb, 1.0, exact=exact, backend="triton")
+                    return kernels.nearest_code(mu, cb, exact=exact, backend="triton")
+                stats = {}
+                kernels.core.search(kernels.features.gq_problem(mu, sg, cb, 1.0) if kind == "gq"
+                                    else kernels.features.vq_problem(mu, cb),
+                                    backend="triton", exact=exact, stats=stats)
+                assert stats["fallback_rows"] == 0, stats  # the common case is measured
+                call()  # codebook caches
+                count.ops.clear(); count.syncs.clear(); launches.clear()
+                with count, HostReads(count):
+                    call()
+                n_ops = sum(count.ops.values())
+                print(f"{kind} m={m} exact={exact}: {n_ops} aten ops {dict(count.ops)}, "
+                      f"host reads {dict(count.syncs)}, launches {dict(launches)}")
+                assert sum(count.syncs.values()) <= 1, count.syncs
+                assert n_ops <= MAX_OPS, (n_ops, count.ops)
+                assert sum(launches.values()) == 3, launches
+    print("OVERHEAD_OK")
+""")
+# Measured 10 (exact) / 11 (bf16x3): status zeros, output empties, one view.
+# The unfused torch version of the same path took 77-116 ops and 2-3 syncs.
+MAX_OPS = 20
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_path_host_overhead_stays_small():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    script = OVERHEAD_SCRIPT.replace("MAX_OPS", str(MAX_OPS))
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    print(out.stdout)
+    assert out.returncode == 0 and "OVERHEAD_OK" in out.stdout, out.stdout + out.stderr
 
 
 # ------------------------------------------------------------ CUDA (GPU only)
@@ -255,3 +417,13 @@ def test_bench_quick_smoke():
                          timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all exact-path indices equal the fp64 oracle (and each other): True" in out.stdout
+
+
+def test_autocast_regions_do_not_change_the_result():
+    torch.manual_seed(3)
+    mu, sigma = torch.randn(512, 4), torch.rand(512, 4) * 0.5 + 0.05
+    cb = torch.randn(2048, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got_gq, got_vq = gq_argmax(mu, sigma, cb, 1.0), nearest_code(mu, cb)
+    assert torch.equal(got_gq, reference_gq_argmax(mu, sigma, cb, 1.0))
+    assert torch.equal(got_vq, reference_nearest_code(mu, cb))
