@@ -50,8 +50,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-class Terminated(Exception):
-    """SIGTERM arrived (SLURM time limit, scancel, kill): handled like any failure, so it is recorded."""
+class Terminated(BaseException):
+    """SIGTERM arrived (SLURM time limit, scancel, kill). The job records it (KILLED) like a failure, but it is a
+    BaseException, like KeyboardInterrupt, so a local multirun stops instead of starting the next job (Hydra's
+    launcher catches only Exception, which is what keeps a sweep going past a failed job)."""
 
 
 @contextlib.contextmanager

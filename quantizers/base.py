@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 
@@ -68,6 +69,19 @@ class Quantizer(nn.Module):
     def decode(self, indices: Tensor) -> Tensor:  # pragma: no cover - abstract
         """(B, num_codebooks, H, W) int64 -> (B, out_channels, H, W)."""
         raise NotImplementedError
+
+    def check_indices(self, indices: Tensor) -> None:
+        """decode's input check: (B, num_codebooks, H, W), an integer dtype, every value in [0, codebook_size)."""
+        if not (indices.dim() == 4 and indices.shape[1] == self.num_codebooks):
+            raise ValueError(f"indices of shape {tuple(indices.shape)} must be (B, num_codebooks={self.num_codebooks}, H, W)")
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+            raise ValueError(f"indices must be an integer tensor (int64), got {indices.dtype}")
+        if indices.numel():
+            lo, hi = torch.aminmax(indices)
+            lo, hi = int(lo), int(hi)
+            if lo < 0 or hi >= self.codebook_size:
+                raise ValueError(f"indices range over [{lo}, {hi}] but codebook_size={self.codebook_size} allows "
+                                 f"[0, {self.codebook_size - 1}]")
 
     def extra_repr(self) -> str:
         return (

@@ -112,10 +112,7 @@ class FiniteScalarQuant(Quantizer):
         return self._index(torch.round(self._bound(self._groups(h))))
 
     def decode(self, indices: Tensor) -> Tensor:
-        check(
-            indices.dim() == 4 and indices.shape[1] == self.num_codebooks,
-            f"indices of shape {tuple(indices.shape)} must be (B, num_codebooks={self.num_codebooks}, H, W)",
-        )
+        self.check_indices(indices)
         digits = (indices.long()[..., None] // self.basis) % self.num_levels  # (B, G, H, W, d)
         return groups_to_channels((digits.float() - self.half_width) / self.half_width)
 
@@ -127,7 +124,9 @@ class FiniteScalarQuant(Quantizer):
             f"FSQ input of shape {tuple(h.shape)} must be (B, in_channels={self.in_channels}, H, W): "
             f"{self.num_codebooks} group(s) of len(levels)={self.codebook_dim} dims",
         )
-        return channels_to_groups(h.float(), self.num_codebooks)
+        z = channels_to_groups(h.float(), self.num_codebooks)
+        check(bool(torch.isfinite(z).all()), "FSQ input contains NaN or inf")
+        return z
 
     def _bound(self, z: Tensor) -> Tensor:
         """b(z) = tanh(z + shift) · half − offset, per dimension; rounds to the L levels."""

@@ -117,10 +117,7 @@ class GaussianQuant(Quantizer):
         return self._search(*self._posterior(h))
 
     def decode(self, indices: Tensor) -> Tensor:
-        check(
-            indices.dim() == 4 and indices.shape[1] == self.num_codebooks,
-            f"indices of shape {tuple(indices.shape)} must be (B, num_codebooks={self.num_codebooks}, H, W)",
-        )
+        self.check_indices(indices)
         return groups_to_channels(self.codebook[indices])  # (B, G, H, W, m) -> (B, m*G, H, W)
 
     # -- internals -------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ with the soft assignment p(c | z) ∝ exp(2⟨z, c⟩ / τ) over the codes c ∈
 p(c_i = +scale | z) = σ(4 scale z_i / τ), so the per-sample entropy H_s is a sum of k binary entropies (no 2^k
 softmax). The codebook entropy H_c = H(mean over tokens of p(·|z)) does not factorise: it is computed on
 `entropy_group_size`-bit sub-codes (a 2^g softmax each) and summed over sub-groups, which upper-bounds the joint
-entropy (per sub-group, unlike the GQ authors' LFQ baseline, which mixes the groups' marginals). Entropies are in
-nats. The total is negative by design (−H_c dominates). An optional ramp multiplies the entropy weight by
+entropy; each of the num_codebooks groups gets its own H_c and they are averaged (unlike the GQ authors' LFQ
+baseline, which mixes the groups' marginals into one distribution). Entropies are in nats. H_c is a statistic
+of this process's batch: under torch.distributed it is not all-reduced (each rank maximises its own). The total is negative by design (−H_c dominates). An optional ramp multiplies the entropy weight by
 (1 + ramp · max(0, 1 − step / ramp_steps)), counting training forwards in a checkpointed buffer.
 
 reduction="sum" sums every term over the image's latent elements / tokens and averages over the batch (the
@@ -60,7 +61,7 @@ class LookupFreeQuant(Quantizer):
         sample_weight: float = 1.0,  # weight of the per-sample entropy H_s (minimised)
         codebook_weight: float = 1.0,  # weight of the codebook entropy H_c (maximised)
         temperature: float = 0.01,  # τ of the soft assignment
-        entropy_group_size: int | None = None,  # g bits per H_c sub-group; None = min(k, 8)
+        entropy_group_size: int | None = None,  # g bits per H_c sub-group; None = the largest divisor of k <= 9
         entropy_ramp: float = 0.0,  # Open-MAGVIT2 codebook_enlarge_ratio (3 in its code, 0 in its configs)
         entropy_ramp_steps: int = 2000,
         scale: float = 1.0,  # code magnitude (LFQ only; BSQ's codes are ±1/√k)
@@ -73,12 +74,14 @@ class LookupFreeQuant(Quantizer):
         check(codebook_dim == bits,
               f"codebook_dim={codebook_dim} must equal log2(codebook_size)={bits}: each dim is one bit")
         check(isinstance(num_codebooks, int) and num_codebooks >= 1, f"num_codebooks={num_codebooks!r} must be an integer >= 1")
-        group = min(bits, 8) if entropy_group_size is None else entropy_group_size
-        check(isinstance(group, int) and 1 <= group <= min(bits, 12) and bits % group == 0,
-              f"entropy_group_size={entropy_group_size!r} must divide codebook_dim={bits} and be in [1, 12]")
+        group = max(d for d in range(1, 10) if bits % d == 0) if entropy_group_size is None else entropy_group_size
+        check(isinstance(group, int) and 1 <= group <= 12 and bits % group == 0,
+              f"entropy_group_size={group!r} must divide codebook_dim={bits} and be in [1, 12]")
         check(temperature > 0, f"temperature={temperature} must be > 0")
-        check(min(commitment_weight, entropy_weight, sample_weight, codebook_weight, entropy_ramp) >= 0,
-              "commitment_weight, entropy_weight, sample_weight, codebook_weight and entropy_ramp must be >= 0")
+        for knob, value in dict(commitment_weight=commitment_weight, entropy_weight=entropy_weight,
+                                sample_weight=sample_weight, codebook_weight=codebook_weight,
+                                entropy_ramp=entropy_ramp).items():
+            check(isinstance(value, (int, float)) and value >= 0, f"{knob}={value!r} must be a number >= 0")
         check(isinstance(entropy_ramp_steps, int) and entropy_ramp_steps >= 1,
               f"entropy_ramp_steps={entropy_ramp_steps!r} must be an integer >= 1")
         check(scale > 0, f"scale={scale} must be > 0")
@@ -123,10 +126,7 @@ class LookupFreeQuant(Quantizer):
         return self._index(self._groups(h))
 
     def decode(self, indices: Tensor) -> Tensor:
-        check(
-            indices.dim() == 4 and indices.shape[1] == self.num_codebooks,
-            f"indices of shape {tuple(indices.shape)} must be (B, num_codebooks={self.num_codebooks}, H, W)",
-        )
+        self.check_indices(indices)
         bits = (indices.long()[..., None] // self.bit_weights) % 2  # (B, G, H, W, k), MSB first
         return groups_to_channels(torch.where(bits > 0, self.scale, -self.scale))
 
@@ -139,27 +139,34 @@ class LookupFreeQuant(Quantizer):
             f"H, W): {self.num_codebooks} group(s) of {self.codebook_dim} bits",
         )
         z = channels_to_groups(h.float(), self.num_codebooks)
+        check(bool(torch.isfinite(z).all()), f"{type(self).__name__} input contains NaN or inf")
         return torch.nn.functional.normalize(z, dim=-1) if self.spherical else z
 
     def _index(self, z: Tensor) -> Tensor:
         return ((z > 0).long() * self.bit_weights).sum(-1)
 
     def entropies(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """(H_s, H_c) in nats per token for rows z (..., k): mean per-sample entropy, summed sub-group H_c."""
+        """(H_s, H_c) in nats per index for z (..., G, k) with the group axis second to last.
+
+        H_s: mean over all indices of the per-sample entropy. H_c: for each group separately, the entropy of
+        the batch-mean assignment, summed over its sub-groups; then averaged over the G groups (each group is
+        its own sub-codebook, so two groups splitting the codes between them are both penalised).
+        """
         k, g = self.codebook_dim, self.entropy_group_size
-        rows = z.reshape(-1, k)
-        per_sample = binary_entropy(4 * self.scale * rows / self.temperature).sum(-1).mean()
-        sub = rows.reshape(-1, k // g, g)  # (N, sub-groups, g)
-        probs = torch.softmax(2 * sub @ self.sub_codes.t() / self.temperature, dim=-1)  # (N, k/g, 2^g)
-        mean_probs = probs.mean(0)
-        codebook = -(mean_probs * torch.log(mean_probs.clamp_min(1e-12))).sum()
+        with torch.autocast(device_type=z.device.type, enabled=False):  # entropies in fp32 under autocast
+            z = z.float()
+            per_sample = binary_entropy(4 * self.scale * z / self.temperature).sum(-1).mean()
+            sub = z.reshape(-1, z.shape[-2], k // g, g)  # (tokens, G, sub-groups, g)
+            probs = torch.softmax(2 * sub @ self.sub_codes.t() / self.temperature, dim=-1)  # (..., 2^g)
+            mean_probs = probs.mean(0)  # (G, sub-groups, 2^g)
+            codebook = -(mean_probs * torch.log(mean_probs.clamp_min(1e-12))).sum((-1, -2)).mean()
         return per_sample, codebook
 
     def _loss(self, z: Tensor, q: Tensor, batch: int) -> tuple[Tensor, dict[str, float]]:
         per_image = z[0].numel() / self.codebook_dim if self.reduction == "sum" else 1.0  # tokens x groups
         sq = (z - q.detach()).square()
         commitment = sq.sum() / batch if self.reduction == "sum" else sq.mean()
-        per_sample, codebook = self.entropies(z)
+        per_sample, codebook = self.entropies(z.movedim(1, -2))  # (B, H, W, G, k)
         ramp = 1.0 + self.entropy_ramp * max(0.0, 1.0 - int(self.train_steps) / self.entropy_ramp_steps)
         entropy = per_image * (self.sample_weight * per_sample - self.codebook_weight * codebook)
         loss = self.commitment_weight * commitment + ramp * self.entropy_weight * entropy

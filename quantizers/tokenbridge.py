@@ -8,13 +8,17 @@ levels shared by all channels:
 
     boundaries   t_j = Φ⁻¹(j / B), j = 0..B, clamped to [−s, s]              (equal-probability bins of N(0, 1))
     levels       r_j = (φ(t_j) − φ(t_{j+1})) / (Φ(t_{j+1}) − Φ(t_j))          (truncated-normal mean of bin j)
-    x'           = clamp(x · s / R, −s, s)                                    (the published affine map, R = 5)
+    x'           = clamp(x · s / R, −s, s)                                    (affine map; R = s: identity)
     index        = argmin_j |x' − r_j|                                        (nearest level, lowest on ties)
     x̂            = r_index · R / s
 
-so a token carries C sub-indices of log2 B bits (num_codebooks = C, codebook_dim = 1). Deviations, both stated:
-TokenBridge quantizes a posterior *sample* of a frozen MAR VAE's latent scaled by 0.2325; we quantize the
-posterior *mean* (deterministic tokens, as GQ) of a VAE whose prior is N(0, 1), without a scale factor.
+so a token carries C sub-indices of log2 B bits (num_codebooks = C, codebook_dim = 1). Deviations, all stated:
+- TokenBridge quantizes a posterior *sample* of a frozen MAR VAE's latent scaled by 0.2325; we quantize the
+  posterior *mean* (deterministic tokens, as GQ) of a VAE whose prior is N(0, 1), without a scale factor.
+- TokenBridge maps [−5, 5] onto [−3, 3] (R = 5, tuned for its scaled MAR latents at B = 64); our default is
+  R = s (the identity), because our latent's prior is N(0, 1) and the Gaussian-quantile bins are then
+  equal-probability under it. `value_range=5` gives the published map.
+- regularizer="kl" penalises kl_weight · Σ KL / batch with the KL in bits (TDC's unit), not nats.
 The argmin runs through kernels.nearest_code (m = 1).
 """
 from __future__ import annotations
@@ -49,7 +53,7 @@ class TokenBridge(GaussianQuant):
         codebook_size: int,  # B = 2^bits levels per channel
         codebook_dim: int | None = None,  # must be 1 (dimension-wise)
         num_codebooks: int = 1,  # = latent channels C
-        value_range: float = 5.0,  # R: latent values in [−R, R] map onto [−s, s] (TokenBridge's --range 5)
+        value_range: float = 3.0,  # R: latent values in [−R, R] map onto [−s, s] (TokenBridge's --range is 5)
         std_range: float = 3.0,  # s: the Gaussian is truncated at ±s standard deviations
         regularizer: str = "tdc",  # "tdc": TDC at log2 B bits per channel; "kl": kl_weight · KL (vanilla VAE)
         **vae_options,  # GaussianQuant's: kl_weight, tolerance, lam_*, logvar_range, search_backend, search_exact
@@ -72,10 +76,7 @@ class TokenBridge(GaussianQuant):
         return 1
 
     def decode(self, indices: Tensor) -> Tensor:
-        check(
-            indices.dim() == 4 and indices.shape[1] == self.num_codebooks,
-            f"indices of shape {tuple(indices.shape)} must be (B, num_codebooks={self.num_codebooks}, H, W)",
-        )
+        self.check_indices(indices)
         return groups_to_channels(self.codebook[indices] * (self.value_range / self.std_range))
 
     def _regularize(self, group_bits: Tensor) -> tuple[Tensor, dict[str, float]]:

@@ -22,7 +22,8 @@ Switches (all constructor arguments, all off by default = VQGAN):
 - dead_code_threshold: after every training step, codewords whose EMA count N_k (tracked in every mode,
   decay γ) is below the threshold and that no row picked in the batch are re-seeded with random encoder
   outputs of the current batch.
-- init: "uniform" (VQGAN, U(−1/K, 1/K)) or "kmeans" (k-means on the first training batch).
+- init: "uniform" (VQGAN, U(−1/K, 1/K)) or "kmeans" (k-means on the first training batch, seeded with distinct
+  rows; with fewer rows than codewords the rows are tiled with 1e-3·std noise, so no two codewords are equal).
 
 reduction="sum" sums the loss over latent elements and divides by the batch, the same convention as the
 paper's summed reconstruction NLL (conf/loss: reduction), so the weights keep their meaning relative to it;
@@ -96,6 +97,8 @@ class VectorQuant(Quantizer):
         check(init in ("uniform", "kmeans"), f"init={init!r} must be 'uniform' or 'kmeans'")
         check(isinstance(kmeans_iters, int) and kmeans_iters >= 1, f"kmeans_iters={kmeans_iters!r} must be an integer >= 1")
         check(reduction in ("sum", "mean"), f"reduction={reduction!r} must be 'sum' or 'mean'")
+        check(not (legacy_loss and ema_update), "legacy_loss=True has no meaning with ema_update=True (the EMA "
+              "codebook has no codebook term; the commitment term keeps commitment_weight); set legacy_loss=false")
         check(search_backend in ("auto", "torch", "triton"), f"search_backend={search_backend!r} must be 'auto', 'torch' or 'triton'")
 
         self.codebook_size = codebook_size
@@ -150,10 +153,7 @@ class VectorQuant(Quantizer):
         return self._search(self._rows(h), self.codes()).view(grid)
 
     def decode(self, indices: Tensor) -> Tensor:
-        check(
-            indices.dim() == 4 and indices.shape[1] == self.num_codebooks,
-            f"indices of shape {tuple(indices.shape)} must be (B, num_codebooks={self.num_codebooks}, H, W)",
-        )
+        self.check_indices(indices)
         return groups_to_channels(self.codes()[indices])
 
     def codes(self) -> Tensor:
@@ -219,22 +219,30 @@ class VectorQuant(Quantizer):
         n_dead = int(dead.sum())
         if n_dead == 0:
             return 0
-        fresh = z[torch.randint(z.shape[0], (n_dead,), device=z.device)]
+        fresh = self._sample_rows(z, n_dead)
         _broadcast_from_rank0_(fresh)
+        # .data: the write must not bump the version autograd checks (see above). The kernels' codebook cache
+        # keys on that version too; it is safe because _search passes a fresh detached tensor every call.
         self.codebook.data[dead] = fresh
         self.cluster_size[dead] = self.dead_code_threshold
         if self.ema_update:
             self.embed_sum[dead] = fresh * self.dead_code_threshold
         return n_dead
 
+    def _sample_rows(self, z: Tensor, n: int) -> Tensor:
+        """n distinct rows of z (no replacement), or, with fewer rows than n, z tiled plus small noise: the
+        search breaks ties to the lowest index, so an exact duplicate codeword could never be picked."""
+        if z.shape[0] >= n:
+            return z[torch.randperm(z.shape[0], device=z.device)[:n]].clone()
+        tiled = z[torch.arange(n, device=z.device) % z.shape[0]]
+        noisy = tiled + 1e-3 * (z.std() + 1e-12) * torch.randn_like(tiled)
+        return F.normalize(noisy, dim=-1) if self.l2_norm else noisy
+
     @torch.no_grad()
     def _kmeans_init(self, z: Tensor) -> None:
         """Lloyd's k-means on the first training batch (rank 0's, broadcast); empty clusters keep their seed."""
         K = self.codebook_size
-        seeds = torch.randperm(z.shape[0], device=z.device)[:K]
-        if seeds.numel() < K:  # fewer vectors than codewords: draw with replacement
-            seeds = torch.randint(z.shape[0], (K,), device=z.device)
-        centers = z[seeds].clone()
+        centers = self._sample_rows(z, K)
         for _ in range(self.kmeans_iters):
             assign = kernels.nearest_code(z.contiguous(), centers.contiguous(), backend=self.search_backend)
             counts = torch.bincount(assign, minlength=K).to(z.dtype)

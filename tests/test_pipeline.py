@@ -236,3 +236,32 @@ def test_sigterm_is_recorded_as_killed_and_the_job_folder_is_exclusive(fast_cfg,
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         with pytest.raises(RuntimeError, match=r"is in use by another process"):
             run_job(fast_cfg, output_dir=tmp_path / "out2")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_local_multirun_after_recording_the_running_job(tmp_path):
+    import os
+    import signal
+
+    db = tmp_path / "sweep.db"
+    args = [sys.executable, "-m", "gqbench.sweep", "-m", *FAST_OVERRIDES, f"paths.runs={tmp_path / 'runs'}",
+            f"tracking.uri=sqlite:///{db}", "tracking.experiment=sigterm", "train.max_steps=100000",
+            "train.log_every=1", "quantizer.codebook_size=8,32"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    try:
+        for line in proc.stdout:  # wait until the first job is training
+            seen.append(line)
+            if "step 3/" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # a sweep that ignored SIGTERM would otherwise train the next job for ever
+    output = "".join(seen) + rest
+    assert proc.returncode != 0, output[-3000:]
+    assert "#1 :" not in output  # the second job never started
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("sigterm").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"], output[-3000:]

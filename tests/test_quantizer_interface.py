@@ -78,3 +78,16 @@ def test_null_codebook_dim_takes_the_methods_own_default():
     cfg = compose_config(["quantizer=vq", "quantizer.codebook_dim=null"])
     with pytest.raises(ValueError, match="'vq' needs quantizer.codebook_dim"):
         quantizer_kwargs(cfg.quantizer, 8)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("bad, message", [(-1, r"range over \[-1"), ("top", "codebook_size="), ("float", "integer tensor")])
+def test_decode_refuses_out_of_range_or_non_integer_indices(name, bad, message):
+    q = build_quantizer(name, num_codebooks=3, **SMALL[name])
+    idx = torch.zeros(1, 3, 2, 2, dtype=torch.long)
+    if bad == "float":
+        idx = idx.float()
+    else:
+        idx[0, 1, 1, 0] = q.codebook_size if bad == "top" else bad
+    with pytest.raises(ValueError, match=message):
+        q.decode(idx)

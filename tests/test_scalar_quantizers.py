@@ -89,9 +89,44 @@ def brute_entropies(rows, scale, tau, group):
 
 def test_lfq_index_is_msb_first_and_zero_maps_to_minus_one():
     q = build_quantizer("lfq", codebook_size=16).eval()
-    out = q(one_group([[0.3, -2.0, 0.0, 5.0], [1.0, 1.0, 1.0, 1.0]]))
-    assert out.indices.flatten().tolist() == [0b1001, 0b1111]
-    assert channels_to_groups(out.z_q, 1).reshape(-1, 4).tolist() == [[1, -1, -1, 1], [1, 1, 1, 1]]
+    out = q(one_group([[0.3, -2.0, 0.0, 5.0], [1.0, -1.0, -1.0, -1.0], [-1.0, 0.0, 1.0, 1.0]]))
+    assert out.indices.flatten().tolist() == [0b1001, 0b1000, 0b0011]
+    assert channels_to_groups(out.z_q, 1).reshape(-1, 4).tolist() == [[1, -1, -1, 1], [1, -1, -1, -1], [-1, -1, 1, 1]]
+
+
+@pytest.mark.parametrize("name, kwargs", [("fsq", dict(codebook_size=None, levels=[7, 4, 3])),
+                                          ("lfq", dict(codebook_size=32)), ("bsq", dict(codebook_size=32))])
+def test_eval_codes_match_the_formula_and_decode_then_encode_returns_the_indices(name, kwargs):
+    torch.manual_seed(0)
+    q = build_quantizer(name, num_codebooks=2, **kwargs).eval()
+    h = torch.randn(3, q.in_channels, 4, 4) * 2
+    z = channels_to_groups(h, 2)
+    if name == "fsq":
+        L = torch.tensor([7.0, 4.0, 3.0])
+        half, off = (L - 1) * (1 - 1e-3) / 2, torch.where(L % 2 == 0, 0.5, 0.0)
+        expected = torch.round(torch.tanh(z + torch.atanh(off / half)) * half - off) / torch.floor(L / 2)
+    else:
+        scale = 1 / math.sqrt(5) if name == "bsq" else 1.0
+        expected = torch.where(z > 0, scale, -scale)
+    assert torch.allclose(channels_to_groups(q(h).z_q, 2), expected, atol=1e-6)
+    idx = torch.randint(q.codebook_size, (2, 2, 3, 3))
+    if name == "fsq":  # decode's codes are normalised levels: back to levels, then the index formula
+        levels = torch.round(channels_to_groups(q.decode(idx), 2) * torch.tensor([3.0, 2.0, 1.0]))
+        assert torch.equal(q._index(levels), idx)
+    else:  # a sign code is its own pre-image
+        assert torch.equal(q.encode(q.decode(idx)), idx)
+
+
+def test_codebook_entropy_is_per_group_so_groups_splitting_the_codes_are_penalised():
+    torch.manual_seed(0)
+    q = build_quantizer("lfq", codebook_size=16, num_codebooks=2, temperature=0.3)
+    z = torch.randn(200, 2, 4) * 0.5
+    _, h_c = q.entropies(z)
+    per_group = [brute_entropies(z[:, j], 1.0, 0.3, 4)[1] for j in range(2)]
+    assert h_c.item() == pytest.approx(sum(per_group).item() / 2, rel=1e-5)
+    split = z.clone()
+    split[:, 0, 0], split[:, 1, 0] = split[:, 0, 0].abs() + 1, -split[:, 1, 0].abs() - 1  # first bit fixed per group
+    assert q.entropies(split)[1] < h_c - 0.5  # each group loses about one bit (ln 2 nats)
 
 
 @pytest.mark.parametrize("name, group", [("lfq", 6), ("lfq", 3), ("lfq", 1), ("bsq", 2)])
@@ -101,7 +136,7 @@ def test_entropies_equal_the_explicit_softmax_over_all_codes(name, group):
     rows = torch.randn(40, 6) * 0.3
     if name == "bsq":
         rows = torch.nn.functional.normalize(rows, dim=-1)
-    h_s, h_c = q.entropies(rows)
+    h_s, h_c = q.entropies(rows[:, None, :])  # one group
     want_s, want_c = brute_entropies(rows, q.scale, 0.5, group)
     assert h_s.item() == pytest.approx(want_s.item(), rel=1e-5)
     assert h_c.item() == pytest.approx(want_c.item(), rel=1e-5)
@@ -160,11 +195,27 @@ def test_bsq_rejects_a_code_scale():
         build_quantizer("bsq", codebook_size=16, scale=2)
 
 
+def test_default_entropy_group_divides_every_code_width():
+    assert build_quantizer("lfq", codebook_size=2 ** 18).entropy_group_size == 9
+    assert build_quantizer("lfq", codebook_size=2 ** 16).entropy_group_size == 8
+    assert build_quantizer("lfq", codebook_size=2 ** 10).entropy_group_size == 5
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(codebook_size=16, codebook_dim=3), "codebook_dim=3 must equal log2"),
     (dict(codebook_size=64, entropy_group_size=4), "entropy_group_size=4 must divide"),
     (dict(codebook_size=16, temperature=0.0), "temperature=0.0"),
+    (dict(codebook_size=16, sample_weight=-1.0), "sample_weight=-1.0"),
 ])
 def test_lfq_bad_arguments_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_quantizer("lfq", **kwargs)
+
+
+@pytest.mark.parametrize("name, kwargs", [("fsq", dict(codebook_size=None, levels=[5, 3])), ("lfq", dict(codebook_size=4))])
+def test_non_finite_inputs_are_refused(name, kwargs):
+    q = build_quantizer(name, **kwargs)
+    h = torch.zeros(1, 2, 2, 2)
+    h[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        q(h)

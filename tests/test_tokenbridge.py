@@ -24,16 +24,18 @@ def test_levels_are_truncated_normal_bin_means():
     assert many[32].item() == pytest.approx(0.0196, abs=2e-3)
 
 
-def test_index_is_the_nearest_level_of_the_mapped_mean_and_decode_undoes_the_map():
-    q = build_quantizer("tokenbridge", codebook_size=8, num_codebooks=2).eval()
+@pytest.mark.parametrize("value_range", [3.0, 5.0])  # our identity default, TokenBridge's published map
+def test_index_is_the_nearest_level_of_the_mapped_mean_and_decode_undoes_the_map(value_range):
+    q = build_quantizer("tokenbridge", codebook_size=8, num_codebooks=2, value_range=value_range).eval()
     mu = torch.randn(3, 2, 4, 4) * 4
     h = torch.cat([mu, torch.full_like(mu, -2.0)], dim=1)
     out = q(h)
-    x = (channels_to_groups(mu, 2).reshape(-1) * 0.6).clamp(-3, 3).double()
+    x = (channels_to_groups(mu, 2).reshape(-1) * (3.0 / value_range)).clamp(-3, 3).double()
     levels = truncated_normal_levels(8, 3.0).float().double()
     expected = (x[:, None] - levels).abs().argmin(1)
     assert torch.equal(out.indices.reshape(-1), expected)
-    assert torch.allclose(channels_to_groups(out.z_q, 2).reshape(-1).double(), levels[expected] * 5 / 3, atol=1e-6)
+    decoded = channels_to_groups(out.z_q, 2).reshape(-1).double()
+    assert torch.allclose(decoded, levels[expected] * value_range / 3, atol=1e-6)
     assert out.continuous is not None and out.continuous.shape == mu.shape
 
 

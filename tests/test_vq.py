@@ -165,6 +165,15 @@ def test_kmeans_init_runs_once_on_the_first_training_batch_and_survives_a_checkp
     assert torch.allclose(fresh.codebook.detach(), centers)
 
 
+def test_kmeans_and_restarts_never_create_duplicate_codewords():
+    q = make(init="kmeans", codebook_size=64, codebook_dim=2, num_codebooks=1, dead_code_threshold=2.0).train()
+    h = torch.randn(1, 2, 4, 4)  # 16 rows for 64 codewords: the seeds must be tiled with noise
+    q(h)
+    assert torch.unique(q.codebook.detach(), dim=0).shape[0] == 64
+    q(torch.randn(1, 2, 2, 2))  # 4 rows re-seed the many dead codes
+    assert torch.unique(q.codebook.detach(), dim=0).shape[0] == 64
+
+
 def test_training_continues_identically_from_a_state_dict():
     kw = dict(init="kmeans", ema_update=True, dead_code_threshold=0.5)
     a = make(**kw).train()
@@ -188,6 +197,7 @@ def test_training_continues_identically_from_a_state_dict():
     (dict(decay=1.0), "decay=1.0"),
     (dict(reduction="max"), "reduction='max'"),
     (dict(codebook_size=100), "codebook_size=100"),
+    (dict(legacy_loss=True, ema_update=True), "legacy_loss=True has no meaning with ema_update=True"),
 ])
 def test_bad_arguments_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
