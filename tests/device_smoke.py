@@ -61,7 +61,41 @@ def main() -> None:
         out = model(x)
         assert torch.equal(model.decode(model.encode(x)), model.decoder(out.quant.z_q))
     print(f"eval: {idx_triton.numel()} tokens, triton {t_triton * 1e3:.1f} ms vs torch {t_torch * 1e3:.1f} ms, identical indices")
+    every_method_on_cuda(device)
     print("DEVICE SMOKE OK")
+
+
+def every_method_on_cuda(device: torch.device) -> None:
+    """Each registered quantizer at the paper's 16 bits/token: a bf16-autocast training forward/backward, then
+    eval; searching methods must give the same indices on the Triton and the torch backends."""
+    from quantizers import known_quantizers
+
+    sizes = {"gq": dict(codebook_size=2**16, codebook_dim=16), "vq": dict(codebook_size=2**16, codebook_dim=16, init="kmeans"),
+             "fsq": dict(codebook_size=2**16), "lfq": dict(codebook_size=2**16), "bsq": dict(codebook_size=2**16),
+             "tokenbridge": dict(codebook_size=2, num_codebooks=16)}
+    for name in known_quantizers():
+        torch.manual_seed(0)
+        q = build_quantizer(name, **sizes[name]).to(device)
+        h = torch.randn(16, q.in_channels, 32, 32, device=device, requires_grad=True)
+        q.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = q(h)
+        (out.z_q.float().square().mean() + out.loss).backward()
+        assert torch.isfinite(h.grad).all(), name
+        q.eval()
+        with torch.no_grad():
+            t = time.time()
+            idx = q.encode(h)
+            torch.cuda.synchronize()
+            elapsed = time.time() - t
+            same = True
+            if hasattr(q, "search_backend"):
+                q.search_backend = "torch"
+                same = torch.equal(idx, q.encode(h))
+                q.search_backend = "auto"
+            assert same, f"{name}: Triton and torch indices differ"
+            assert torch.equal(q.decode(idx), q(h).z_q), name
+        print(f"{name}: {idx.numel()} indices in {elapsed * 1e3:.1f} ms, bits/token {q.bits_per_token:.2f}, backends agree")
 
 
 if __name__ == "__main__":
