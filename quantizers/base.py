@@ -70,6 +70,19 @@ class Quantizer(nn.Module):
         """(B, num_codebooks, H, W) int64 -> (B, out_channels, H, W)."""
         raise NotImplementedError
 
+    def input_groups(self, h: Tensor, layout: str) -> Tensor:
+        """(B, in_channels, H, W) -> (B, G, H, W, in_channels / G) fp32 with the shared strided map, after
+        checking the shape (the message names `layout`, e.g. "2 group(s) of 4 dims") and finiteness."""
+        from ._utils import channels_to_groups
+
+        if not (h.dim() == 4 and h.shape[1] == self.in_channels):
+            raise ValueError(f"{type(self).__name__} input of shape {tuple(h.shape)} must be "
+                             f"(B, in_channels={self.in_channels}, H, W): {layout}")
+        z = channels_to_groups(h.float(), self.num_codebooks)
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError(f"{type(self).__name__} input contains NaN or inf")
+        return z
+
     def check_indices(self, indices: Tensor) -> None:
         """decode's input check: (B, num_codebooks, H, W), an integer dtype, every value in [0, codebook_size)."""
         if not (indices.dim() == 4 and indices.shape[1] == self.num_codebooks):

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._utils import channels_to_groups, check, groups_to_channels
+from ._utils import check, groups_to_channels
 from .base import Quantizer, QuantizerOutput
 from .registry import register_quantizer
 
@@ -119,14 +119,7 @@ class FiniteScalarQuant(Quantizer):
     # -- internals -------------------------------------------------------------------------------
 
     def _groups(self, h: Tensor) -> Tensor:
-        check(
-            h.dim() == 4 and h.shape[1] == self.in_channels,
-            f"FSQ input of shape {tuple(h.shape)} must be (B, in_channels={self.in_channels}, H, W): "
-            f"{self.num_codebooks} group(s) of len(levels)={self.codebook_dim} dims",
-        )
-        z = channels_to_groups(h.float(), self.num_codebooks)
-        check(bool(torch.isfinite(z).all()), "FSQ input contains NaN or inf")
-        return z
+        return self.input_groups(h, f"{self.num_codebooks} group(s) of len(levels)={self.codebook_dim} dims")
 
     def _bound(self, z: Tensor) -> Tensor:
         """b(z) = tanh(z + shift) · half − offset, per dimension; rounds to the L levels."""

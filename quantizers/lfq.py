@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._utils import channels_to_groups, check, check_codebook_size, groups_to_channels
+from ._utils import check, check_codebook_size, groups_to_channels
 from .base import Quantizer, QuantizerOutput
 from .registry import register_quantizer
 
@@ -133,13 +133,7 @@ class LookupFreeQuant(Quantizer):
     # -- internals -------------------------------------------------------------------------------
 
     def _groups(self, h: Tensor) -> Tensor:
-        check(
-            h.dim() == 4 and h.shape[1] == self.in_channels,
-            f"{type(self).__name__} input of shape {tuple(h.shape)} must be (B, in_channels={self.in_channels}, "
-            f"H, W): {self.num_codebooks} group(s) of {self.codebook_dim} bits",
-        )
-        z = channels_to_groups(h.float(), self.num_codebooks)
-        check(bool(torch.isfinite(z).all()), f"{type(self).__name__} input contains NaN or inf")
+        z = self.input_groups(h, f"{self.num_codebooks} group(s) of {self.codebook_dim} bits")
         return torch.nn.functional.normalize(z, dim=-1) if self.spherical else z
 
     def _index(self, z: Tensor) -> Tensor:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 import kernels
 
-from ._utils import channels_to_groups, check, check_codebook_size, groups_to_channels
+from ._utils import check, check_codebook_size, groups_to_channels
 from .base import Quantizer, QuantizerOutput
 from .registry import register_quantizer
 
@@ -163,12 +163,7 @@ class VectorQuant(Quantizer):
     # -- internals -------------------------------------------------------------------------------
 
     def _rows(self, h: Tensor) -> Tensor:
-        check(
-            h.dim() == 4 and h.shape[1] == self.in_channels,
-            f"VQ input of shape {tuple(h.shape)} must be (B, in_channels={self.in_channels}, H, W): "
-            f"{self.num_codebooks} group(s) of {self.codebook_dim} dims",
-        )
-        z = channels_to_groups(h.float(), self.num_codebooks).reshape(-1, self.codebook_dim)
+        z = self.input_groups(h, f"{self.num_codebooks} group(s) of {self.codebook_dim} dims").reshape(-1, self.codebook_dim)
         return F.normalize(z, dim=-1) if self.l2_norm else z
 
     def _search(self, z: Tensor, codebook: Tensor) -> Tensor:
