@@ -1,5 +1,6 @@
-"""Encoder -> quantizer -> decoder, the model every method trains. The backbone asks the quantizer for its
-channel counts: the encoder emits `quantizer.in_channels`, the decoder reads `quantizer.out_channels`."""
+"""Encoder -> quantizer -> decoder, the model every method trains. The backbone (model.arch: the SD3-style conv
+"unet" or the BSQ-ViT "vit") asks the quantizer for its channel counts: the encoder emits `quantizer.in_channels`,
+the decoder reads `quantizer.out_channels`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 from quantizers import Quantizer, QuantizerOutput
 
 from .unet import Decoder, Encoder
+from .vit import ViTDecoder, ViTEncoder
 
 if TYPE_CHECKING:  # keeps the model importable without Hydra (e.g. on a bare GPU box)
     from omegaconf import DictConfig
@@ -63,10 +65,22 @@ def build_autoencoder(model_cfg: "DictConfig", quantizer: Quantizer, image_size:
             f"(codebook_dim={getattr(quantizer, 'codebook_dim', '?')} x num_codebooks={quantizer.num_codebooks}); "
             "make them equal, or set quantizer.num_codebooks=null to derive it from model.z_channels"
         )
-    backbone = dict(
-        ch=model_cfg.ch, ch_mult=tuple(model_cfg.ch_mult), num_res_blocks=model_cfg.num_res_blocks,
-        attn_resolutions=tuple(model_cfg.attn_resolutions), resolution=image_size, dropout=model_cfg.dropout,
-    )
-    encoder = Encoder(in_channels=3, out_channels=quantizer.in_channels, **backbone)
-    decoder = Decoder(out_channels=3, in_channels=quantizer.out_channels, **backbone)
+    arch = getattr(model_cfg, "arch", "unet")  # the UNet configs predate the key: keeps their run signatures
+    if arch == "unet":
+        backbone = dict(
+            ch=model_cfg.ch, ch_mult=tuple(model_cfg.ch_mult), num_res_blocks=model_cfg.num_res_blocks,
+            attn_resolutions=tuple(model_cfg.attn_resolutions), resolution=image_size, dropout=model_cfg.dropout,
+        )
+        encoder = Encoder(in_channels=3, out_channels=quantizer.in_channels, **backbone)
+        decoder = Decoder(out_channels=3, in_channels=quantizer.out_channels, **backbone)
+    elif arch == "vit":
+        backbone = dict(
+            resolution=image_size, patch_size=model_cfg.patch_size, width=model_cfg.width, layers=model_cfg.layers,
+            heads=model_cfg.heads, mlp_ratio=model_cfg.mlp_ratio, dropout=model_cfg.dropout,
+        )
+        encoder = ViTEncoder(in_channels=3, out_channels=quantizer.in_channels, **backbone)
+        decoder = ViTDecoder(out_channels=3, in_channels=quantizer.out_channels,
+                             output_clamp=model_cfg.output_clamp, **backbone)
+    else:
+        raise ValueError(f"model.arch={arch!r} is unknown; choose 'unet' (SD3-style conv VAE) or 'vit' (BSQ-ViT)")
     return Autoencoder(encoder, quantizer, decoder)
