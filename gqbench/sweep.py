@@ -125,6 +125,8 @@ def _run_locked_job(cfg, output_dir, runs_dir, job_dir, signature, device, start
     tracker.start(cfg.tracking.run_name, tags={
         "signature": signature, "quantizer": cfg.quantizer.name, "model": cfg.model.name,
         "data": cfg.data._target_.rsplit(".", 1)[-1], "output_dir": str(output_dir), "job_dir": str(job_dir),
+        # CPU results are bit-reproducible only for the same torch build and thread count (summation order)
+        "torch_version": torch.__version__, "torch_threads": str(torch.get_num_threads()), "device": str(device),
     })
     log.info("job %s  signature %s  device %s  job folder %s", cfg.job_name, signature, device, job_dir)
     log.info("MLflow: %s  run %s", tracker.uri, tracker.run_id)

@@ -51,6 +51,7 @@ def test_one_job_end_to_end(fast_cfg, tmp_path):
     assert REQUIRED_METRICS <= set(run.data.metrics)
     assert run.data.params["quantizer.codebook_size"] == "16"
     assert run.data.tags["signature"] == record["signature"]
+    assert run.data.tags["torch_threads"] == str(torch.get_num_threads()) and run.data.tags["device"] == "cpu"
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == [4, 8, 12]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
