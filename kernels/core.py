@@ -28,6 +28,7 @@ for them (torch.nonzero) and run the fallback.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -128,13 +129,16 @@ def triton_launches(prob: Problem, exact: bool = True, **tuning):
     """
     ts = _triton_module()
     gamma = fp32_gamma(prob.DP)
-    status = ts.new_status(prob.c.device)
-    if prob.F is None:
-        ts.prepare(prob, status, tc=not exact)
-    vals, slots, width, q = ts.scan(prob, tc=not exact, **tuning)
-    idx, thr, ok = ts.rescore(prob, vals, slots, width, q, status, gamma=gamma,
-                              gamma_ub=GAMMA_UB * gamma,
-                              gamma1=gamma if exact else bf16x3_gamma(prob.DP))
+    dev = prob.c.device
+    # Triton launches on the current CUDA device, not the tensors' device: pin it (multi-GPU processes)
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        status = ts.new_status(dev)
+        if prob.F is None:
+            ts.prepare(prob, status, tc=not exact)
+        vals, slots, width, q = ts.scan(prob, tc=not exact, **tuning)
+        idx, thr, ok = ts.rescore(prob, vals, slots, width, q, status, gamma=gamma,
+                                  gamma_ub=GAMMA_UB * gamma,
+                                  gamma1=gamma if exact else bf16x3_gamma(prob.DP))
     return idx, thr, ok, status, width, q
 
 

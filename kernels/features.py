@@ -276,8 +276,10 @@ class CodebookCache:
             if ref() is codebook and key == (kind, dp, codebook._version):
                 return ent
         rows = gq_codebook_rows if kind == "gq" else vq_codebook_rows
-        Gt, gmax = _codebook_side([rows(codebook, dp)], dp)
-        ent = {"Gt": Gt, "gmax": gmax, "cabs": codebook.abs().amax(dim=0).double(),
+        # computed from a detached view (no autograd graph for a codebook that is a trainable parameter),
+        # but keyed on the caller's tensor, whose identity and version are stable across calls
+        Gt, gmax = _codebook_side([rows(codebook.detach(), dp)], dp)
+        ent = {"Gt": Gt, "gmax": gmax, "cabs": codebook.detach().abs().amax(dim=0).double(),
                "rows": rows}
         self.entries = [(weakref.ref(codebook), (kind, dp, codebook._version), ent)] + \
             self.entries[: self.size - 1]
@@ -297,7 +299,7 @@ def gq_problem(mu, sigma, codebook, beta: float, *, defer: bool = False) -> Prob
     m = codebook.shape[1]
     dp = padded_dim(2 * m)
     cb = CODEBOOKS.get("gq", codebook, dp)
-    prob = Problem("gq", mu, sigma, codebook, beta, cb, 2 * m, cb["Gt"])
+    prob = Problem("gq", mu.detach(), sigma.detach(), codebook.detach(), beta, cb, 2 * m, cb["Gt"])
     if not defer:
         build_rows_torch(prob)
     return prob
@@ -308,7 +310,7 @@ def vq_problem(z, codebook, *, defer: bool = False) -> Problem:
     validate({"z": z}, codebook)
     m = codebook.shape[1]
     cb = CODEBOOKS.get("vq", codebook, padded_dim(m + 1))
-    prob = Problem("vq", z, None, codebook, 0.0, cb, m + 1, cb["Gt"])
+    prob = Problem("vq", z.detach(), None, codebook.detach(), 0.0, cb, m + 1, cb["Gt"])
     if not defer:
         build_rows_torch(prob)
     return prob

@@ -128,7 +128,8 @@ def _prepare_kernel(X, S, gmax, cabs, F, F3, err_out, slack_out, status, N,
                     GQ: tl.constexpr, M: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
                     FW: tl.constexpr, TC: tl.constexpr, DP3: tl.constexpr, BLOCK_R: tl.constexpr,
                     SLACK: tl.constexpr, UNDERFLOW: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    # int64 rows: row * width offsets pass 2^31 at ~16M rows (bf16x3 rows are 128 wide at m = 16)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < N
     dd = tl.arange(0, FW)
     fi = tl.where(dd < D, dd, -1)
@@ -224,7 +225,7 @@ def _tile_scores(f, F, sf, Gt, rows, rmask, k0, K, D: tl.constexpr, DP: tl.const
 def _scan_kernel(F, sf, Gt, out_v, out_t, N, K, tiles_per_split,
                  D: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  Q: tl.constexpr, PREC: tl.constexpr, FMA_LOOP: tl.constexpr):
-    pid_n = tl.program_id(0)
+    pid_n = tl.program_id(0).to(tl.int64)  # row offsets in int64 (see _prepare_kernel)
     pid_s = tl.program_id(1)
     n_splits = tl.num_programs(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -303,7 +304,8 @@ def _rescore_kernel(F, sf, Gt, vals, slots, X, err_unit, slack64, out_i, out_thr
                     BLOCK_R: tl.constexpr, CH: tl.constexpr, UNCERT: tl.constexpr):
     # Candidate slot g = split * BLOCK_K + j holds the codewords
     # (split * tiles_per_split + t) * BLOCK_K + j, t < tiles_per_split.
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    # int64 rows: row * width offsets pass 2^31 at ~16M rows (bf16x3 rows are 128 wide at m = 16)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < N
     R, S = _merge_slots(vals, slots, X, rows, rmask, Q, XC, BLOCK_R)
     qq = tl.arange(0, Q)

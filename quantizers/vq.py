@@ -167,7 +167,9 @@ class VectorQuant(Quantizer):
         return F.normalize(z, dim=-1) if self.l2_norm else z
 
     def _search(self, z: Tensor, codebook: Tensor) -> Tensor:
-        return kernels.nearest_code(z.detach().contiguous(), codebook.detach().contiguous(),
+        # the codebook tensor itself (not a detached copy): the kernels cache its features by identity and
+        # version, so they are rebuilt once per optimizer step rather than on every call
+        return kernels.nearest_code(z.detach().contiguous(), codebook.contiguous(),
                                     exact=self.search_exact, backend=self.search_backend)
 
     def _loss(self, z: Tensor, z_q: Tensor, batch: int) -> tuple[Tensor, dict[str, float]]:
@@ -216,9 +218,13 @@ class VectorQuant(Quantizer):
             return 0
         fresh = self._sample_rows(z, n_dead)
         _broadcast_from_rank0_(fresh)
-        # .data: the write must not bump the version autograd checks (see above). The kernels' codebook cache
-        # keys on that version too; it is safe because _search passes a fresh detached tensor every call.
-        self.codebook.data[dead] = fresh
+        if self.l2_norm:
+            # .data: F.normalize saved the codebook for the pending backward, and a version bump would make
+            # autograd refuse it. The kernels' feature cache (keyed on the version) is not involved: with
+            # l2_norm the search sees a new normalised tensor on every call.
+            self.codebook.data[dead] = fresh
+        else:
+            self.codebook[dead] = fresh  # bumps the version: the kernels rebuild the codebook features
         self.cluster_size[dead] = self.dead_code_threshold
         if self.ema_update:
             self.embed_sum[dead] = fresh * self.dead_code_threshold

@@ -145,6 +145,25 @@ def test_restarts_with_l2_codes_keep_the_backward_pass_valid():
     assert (q.codebook.grad[unused] == 0).all()
 
 
+@pytest.mark.parametrize("optimizer_step", [False, True])
+def test_search_sees_every_codebook_change_through_the_feature_cache(optimizer_step):
+    q = make(codebook_size=8, codebook_dim=2, num_codebooks=1, dead_code_threshold=0.9, decay=0.5).train()
+    opt = torch.optim.SGD(q.parameters(), lr=10.0)
+    restarted = 0
+    for step in range(4):  # re-seeding (and optimizer steps) change the codebook in place
+        h = torch.randn(2, 2, 3, 3, requires_grad=True)
+        out = q(h)
+        restarted += out.stats["restarted_codes"]
+        if optimizer_step:
+            (out.z_q.sum() + out.loss).backward()
+            opt.step()
+            opt.zero_grad()
+        q.eval()
+        assert torch.equal(q.encode(h), brute_force_nearest(q, h.detach())), step
+        q.train()
+    assert restarted > 0
+
+
 def test_kmeans_init_runs_once_on_the_first_training_batch_and_survives_a_checkpoint():
     q = make(init="kmeans", codebook_size=8, codebook_dim=2, num_codebooks=1, kmeans_iters=20).train()
     assert not bool(q.initialized)
