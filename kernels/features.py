@@ -72,16 +72,19 @@ def bf16x3_gamma(dp: int) -> float:
 CHECK_X, CHECK_SIGMA, CHECK_CODEBOOK, CHECK_F_OVERFLOW, CHECK_BF16 = range(5)
 N_CHECKS = 5
 BF16_ROWS_MSG = "row features too large for the bf16 split; use exact=True"
+# A row whose sum_i |F_i| max|G_i| reaches this could overflow an fp32 partial sum to inf (a NaN or inf
+# score drops out of every max and would certify a wrong winner); below it every partial sum is finite.
+SCORE_LIMIT = 2.0 ** 126
 CHECK_MESSAGES = {
     "gq": ("mu contains NaN or inf",
            "sigma must be finite and > 0",
            "codebook contains NaN or inf (or c^2 overflows float32)",
-           "sigma too small: 1/sigma^2 or mu/sigma^2 overflows float32",
+           "sigma too small: 1/sigma^2 or mu/sigma^2 (or the scores) overflow float32",
            BF16_ROWS_MSG),
     "vq": ("z contains NaN or inf",
            None,
            "codebook contains NaN or inf (or ||c||^2 overflows float32)",
-           None,
+           "z and the codebook are too large: the scores overflow float32",
            BF16_ROWS_MSG),
 }
 
@@ -331,23 +334,25 @@ def build_rows_torch(prob: Problem) -> None:
         inv = 1.0 / (s64 * s64)
         F[:, :m] = 0.5 * beta - 0.5 * inv
         F[:, m:2 * m] = x64 * inv
+        err_unit = F.abs().double() @ gmax
         _raise_first_failure("gq", [
             torch.isfinite(x).all(),
             (torch.isfinite(sigma) & (sigma > 0)).all(),
             torch.isfinite(gmax).all(),
-            torch.isfinite(F).all(),
+            torch.isfinite(F).all() & (err_unit < SCORE_LIMIT).all(),
             None,
         ])
         slack = U64_SLACK * (((cabs + x64.abs()) ** 2) * inv + abs(beta) * cabs * cabs).sum(dim=1)
     else:
         F[:, :m] = x
         F[:, m] = -0.5
+        err_unit = F.abs().double() @ gmax
         _raise_first_failure("vq", [torch.isfinite(x).all(), None, torch.isfinite(gmax).all(),
-                                    None, None])
+                                    (err_unit < SCORE_LIMIT).all(), None])
         # The direct score is -||z-c||^2 = 2 S - const: twice the GEMM scale.
         slack = U64_SLACK * ((cabs + x64.abs()) ** 2).sum(dim=1)
     slack += _underflow_slack(F, gmax)
-    prob.F, prob.err_unit, prob.slack64 = F, F.abs().double() @ gmax, slack
+    prob.F, prob.err_unit, prob.slack64 = F, err_unit, slack
 
 
 @contextmanager

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .features import (BF16_ROWS_MSG, CHECK_BF16, CHECK_CODEBOOK, CHECK_F_OVERFLOW,
-                       CHECK_MESSAGES, CHECK_SIGMA, CHECK_X, N_CHECKS, U64_SLACK,
+                       CHECK_MESSAGES, CHECK_SIGMA, CHECK_X, N_CHECKS, SCORE_LIMIT, U64_SLACK,
                        UNDERFLOW_SLACK, Problem, padded_dim)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -61,6 +61,7 @@ CHECK_SIGMA_SLOT = tl.constexpr(CHECK_SIGMA)
 CHECK_CODEBOOK_SLOT = tl.constexpr(CHECK_CODEBOOK)
 CHECK_F_SLOT = tl.constexpr(CHECK_F_OVERFLOW)
 CHECK_BF16_SLOT = tl.constexpr(CHECK_BF16)
+SCORE_LIMIT_C = tl.constexpr(SCORE_LIMIT)
 
 _tuned: dict = {}
 
@@ -139,7 +140,8 @@ def _prepare_kernel(X, S, gmax, cabs, F, F3, err_out, slack_out, status, N,
 
     g = tl.load(gmax + dd, mask=dd < DP, other=0.0)
     fabs = tl.abs(f32).to(tl.float64)
-    tl.store(err_out + rows, tl.sum(fabs * g[None, :], axis=1), mask=rmask)
+    err = tl.sum(fabs * g[None, :], axis=1)
+    tl.store(err_out + rows, err, mask=rmask)
     # Slack of the fp64 direct formula (as features.build_rows_torch).
     first = (dd < M)[None, :] & live
     ca = tl.load(cabs + dd, mask=dd < M, other=0.0)[None, :]
@@ -154,11 +156,15 @@ def _prepare_kernel(X, S, gmax, cabs, F, F3, err_out, slack_out, status, N,
     tl.store(slack_out + rows, slack, mask=rmask)
 
     _count(status, CHECK_X_SLOT, tl.max(tl.where(live & ~_finite(x), 1, 0), axis=1) > 0, rmask)
+    # a score that could overflow fp32 (features.SCORE_LIMIT); `not <` also catches a NaN err
+    score_bad = ~(err < SCORE_LIMIT_C)
     if GQ:
         s_bad = live & ~(_finite(s) & (s > 0))
         _count(status, CHECK_SIGMA_SLOT, tl.max(tl.where(s_bad, 1, 0), axis=1) > 0, rmask)
         f_bad = (dd < D)[None, :] & ~_finite(f32)
-        _count(status, CHECK_F_SLOT, tl.max(tl.where(f_bad, 1, 0), axis=1) > 0, rmask)
+        _count(status, CHECK_F_SLOT, (tl.max(tl.where(f_bad, 1, 0), axis=1) > 0) | score_bad, rmask)
+    else:
+        _count(status, CHECK_F_SLOT, score_bad, rmask)
     g_bad = tl.max(tl.where((dd < DP) & ~_finite(g), 1, 0), axis=0) > 0
     _count(status, CHECK_CODEBOOK_SLOT, g_bad, rmask)
 

@@ -149,6 +149,9 @@ def _bad_calls():
         ("mu contains NaN", lambda: gq_argmax(mu * float("nan"), sigma, cb)),
         ("beta", lambda: gq_argmax(mu, sigma, cb, float("inf"))),
         ("sigma too small", lambda: gq_argmax(mu, sigma * 1e-30, cb)),
+        ("sigma too small", lambda: gq_argmax(torch.full((1, 1), 1000.0), torch.full((1, 1), 1e-17),
+                                              torch.tensor([[0.0], [1000.0]]))),
+        ("scores overflow", lambda: nearest_code(torch.full((1, 2), 1e36), torch.full((3, 2), 1e3))),
         ("z", lambda: nearest_code(mu.half(), cb)),
         ("codebook", lambda: nearest_code(mu, cb.to(torch.float64))),
         ("backend", lambda: gq_argmax(mu, sigma, cb, backend="cuda")),
@@ -248,6 +251,10 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
         ("sigma too small", gq(mu, sg * 1e-30, cb)),
         ("z contains NaN", vq(mu / 0.0, cb)),
         ("codebook contains NaN", vq(mu, bad_cb)),
+        # finite features whose fp32 scores would overflow (a NaN/inf score drops out of every max)
+        ("sigma too small", gq(torch.full((1, 1), 1000.0), torch.full((1, 1), 1e-17),
+                               torch.tensor([[0.0], [1000.0]]))),
+        ("scores overflow", vq(torch.full((1, 2), 1e36), torch.full((3, 2), 1e3))),
     ]
     for needle, call in cases:
         for exact in (True, False):
@@ -258,8 +265,8 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
             else:
                 raise AssertionError(f"no ValueError for {needle!r}")
     huge = torch.full((2, 3), 3.4e38)  # finite fp32, rounds up to inf in bf16
-    try:
-        kernels.nearest_code(huge, cb, exact=False, backend="triton")
+    try:  # a tiny codebook keeps the fp32 scores finite, so only the bf16 split fails
+        kernels.nearest_code(huge, cb * 1e-10, exact=False, backend="triton")
     except ValueError as e:
         assert "bf16 split" in str(e), str(e)
     else:
