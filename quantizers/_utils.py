@@ -27,6 +27,16 @@ def check_codebook_size(codebook_size: int) -> None:
         )
 
 
+def whole_bits(codebook_size) -> int | None:
+    """log2 K for a power-of-two K (the dims of a one-bit-per-dim code), else None."""
+    return codebook_size.bit_length() - 1 if is_power_of_two(codebook_size) else None
+
+
+def reduce_loss(elementwise: Tensor, batch: int, reduction: str) -> Tensor:
+    """"sum": over every element, divided by the batch (the summed-NLL convention); "mean": per element."""
+    return elementwise.sum() / batch if reduction == "sum" else elementwise.mean()
+
+
 def groups_for_channels(channels: int, codebook_dim: int) -> int:
     """How many codebook_dim-sized groups `channels` latent channels split into (error if it does not divide)."""
     check(codebook_dim >= 1, f"codebook_dim={codebook_dim} must be >= 1")

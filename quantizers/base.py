@@ -43,7 +43,8 @@ class QuantizerOutput:
 
 
 class Quantizer(nn.Module):
-    """Base class: subclasses set the four size attributes in __init__ and implement the three methods."""
+    """Base class: subclasses set the four size attributes in __init__ and implement forward, encode and
+    _decode (the public decode checks the indices, then calls _decode)."""
 
     in_channels: int
     out_channels: int
@@ -66,8 +67,13 @@ class Quantizer(nn.Module):
         """(B, in_channels, H, W) -> (B, num_codebooks, H, W) int64."""
         raise NotImplementedError
 
-    def decode(self, indices: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """(B, num_codebooks, H, W) int64 -> (B, out_channels, H, W)."""
+    def decode(self, indices: Tensor) -> Tensor:
+        """(B, num_codebooks, H, W) int64 -> (B, out_channels, H, W), after checking the indices."""
+        self.check_indices(indices)
+        return self._decode(indices)
+
+    def _decode(self, indices: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """decode without the checks: for indices the quantizer just produced itself (no extra sync)."""
         raise NotImplementedError
 
     def input_groups(self, h: Tensor, layout: str) -> Tensor:

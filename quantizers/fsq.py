@@ -104,15 +104,14 @@ class FiniteScalarQuant(Quantizer):
         indices = self._index(torch.round(bounded.detach()))
         zero = h.new_zeros(())
         if not self.training:
-            return QuantizerOutput(z_q=self.decode(indices), indices=indices, loss=zero)
+            return QuantizerOutput(z_q=self._decode(indices), indices=indices, loss=zero)
         return QuantizerOutput(z_q=groups_to_channels(q / self.half_width), indices=indices, loss=zero)
 
     @torch.no_grad()
     def encode(self, h: Tensor) -> Tensor:
         return self._index(torch.round(self._bound(self._groups(h))))
 
-    def decode(self, indices: Tensor) -> Tensor:
-        self.check_indices(indices)
+    def _decode(self, indices: Tensor) -> Tensor:
         digits = (indices.long()[..., None] // self.basis) % self.num_levels  # (B, G, H, W, d)
         return groups_to_channels((digits.float() - self.half_width) / self.half_width)
 

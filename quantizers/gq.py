@@ -26,7 +26,7 @@ from torch import Tensor
 
 import kernels
 
-from ._utils import channels_to_groups, check, check_codebook_size, groups_to_channels
+from ._utils import channels_to_groups, check, check_codebook_size, groups_to_channels, whole_bits
 from .base import Quantizer, QuantizerOutput
 from .registry import register_quantizer
 from .tdc import TargetDivergenceConstraint, gaussian_kl_bits
@@ -98,7 +98,7 @@ class GaussianQuant(Quantizer):
 
     @classmethod
     def default_codebook_dim(cls, codebook_size, **options):
-        return int(codebook_size).bit_length() - 1 if isinstance(codebook_size, int) and codebook_size > 1 else None
+        return whole_bits(codebook_size)
 
     # -- the three interface methods ------------------------------------------------------------
 
@@ -110,14 +110,13 @@ class GaussianQuant(Quantizer):
         if self.training:
             return QuantizerOutput(z_q=sample, indices=None, loss=loss, stats=stats)
         indices = self._search(mu, logvar)
-        return QuantizerOutput(z_q=self.decode(indices), indices=indices, loss=loss, stats=stats, continuous=sample)
+        return QuantizerOutput(z_q=self._decode(indices), indices=indices, loss=loss, stats=stats, continuous=sample)
 
     @torch.no_grad()
     def encode(self, h: Tensor) -> Tensor:
         return self._search(*self._posterior(h))
 
-    def decode(self, indices: Tensor) -> Tensor:
-        self.check_indices(indices)
+    def _decode(self, indices: Tensor) -> Tensor:
         return groups_to_channels(self.codebook[indices])  # (B, G, H, W, m) -> (B, m*G, H, W)
 
     # -- internals -------------------------------------------------------------------------------
@@ -143,8 +142,8 @@ class GaussianQuant(Quantizer):
         b, _, hh, ww = mu.shape
         mu_rows = channels_to_groups(mu, self.num_codebooks).reshape(-1, self.codebook_dim)
         sigma_rows = channels_to_groups((0.5 * logvar).exp(), self.num_codebooks).reshape(-1, self.codebook_dim)
-        flat = kernels.gq_argmax(  # the selection has no gradient: search on detached rows
-            mu_rows.detach().contiguous(), sigma_rows.detach().contiguous(), self.codebook, self.beta,
+        flat = kernels.gq_argmax(
+            mu_rows.contiguous(), sigma_rows.contiguous(), self.codebook, self.beta,
             exact=self.search_exact, backend=self.search_backend,
         )
         return flat.view(b, self.num_codebooks, hh, ww)

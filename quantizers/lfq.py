@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._utils import check, check_codebook_size, groups_to_channels
+from ._utils import check, check_codebook_size, groups_to_channels, reduce_loss, whole_bits
 from .base import Quantizer, QuantizerOutput
 from .registry import register_quantizer
 
@@ -107,7 +107,7 @@ class LookupFreeQuant(Quantizer):
 
     @classmethod
     def default_codebook_dim(cls, codebook_size, **options):
-        return int(codebook_size).bit_length() - 1 if isinstance(codebook_size, int) and codebook_size > 1 else None
+        return whole_bits(codebook_size)
 
     # -- the three interface methods ------------------------------------------------------------
 
@@ -117,7 +117,7 @@ class LookupFreeQuant(Quantizer):
         indices = self._index(z.detach())
         loss, stats = self._loss(z, q, batch=h.shape[0])
         if not self.training:
-            return QuantizerOutput(z_q=self.decode(indices), indices=indices, loss=loss, stats=stats)
+            return QuantizerOutput(z_q=self._decode(indices), indices=indices, loss=loss, stats=stats)
         self.train_steps += 1
         return QuantizerOutput(z_q=groups_to_channels(z + (q - z).detach()), indices=indices, loss=loss, stats=stats)
 
@@ -125,8 +125,7 @@ class LookupFreeQuant(Quantizer):
     def encode(self, h: Tensor) -> Tensor:
         return self._index(self._groups(h))
 
-    def decode(self, indices: Tensor) -> Tensor:
-        self.check_indices(indices)
+    def _decode(self, indices: Tensor) -> Tensor:
         bits = (indices.long()[..., None] // self.bit_weights) % 2  # (B, G, H, W, k), MSB first
         return groups_to_channels(torch.where(bits > 0, self.scale, -self.scale))
 
@@ -158,8 +157,7 @@ class LookupFreeQuant(Quantizer):
 
     def _loss(self, z: Tensor, q: Tensor, batch: int) -> tuple[Tensor, dict[str, float]]:
         per_image = z[0].numel() / self.codebook_dim if self.reduction == "sum" else 1.0  # tokens x groups
-        sq = (z - q.detach()).square()
-        commitment = sq.sum() / batch if self.reduction == "sum" else sq.mean()
+        commitment = reduce_loss((z - q.detach()).square(), batch, self.reduction)
         per_sample, codebook = self.entropies(z.movedim(1, -2))  # (B, H, W, G, k)
         ramp = 1.0 + self.entropy_ramp * max(0.0, 1.0 - int(self.train_steps) / self.entropy_ramp_steps)
         entropy = per_image * (self.sample_weight * per_sample - self.codebook_weight * codebook)

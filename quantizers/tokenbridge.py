@@ -75,8 +75,7 @@ class TokenBridge(GaussianQuant):
     def default_codebook_dim(cls, codebook_size, **options):
         return 1
 
-    def decode(self, indices: Tensor) -> Tensor:
-        self.check_indices(indices)
+    def _decode(self, indices: Tensor) -> Tensor:
         return groups_to_channels(self.codebook[indices] * (self.value_range / self.std_range))
 
     def _regularize(self, group_bits: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -88,7 +87,7 @@ class TokenBridge(GaussianQuant):
 
     def _search(self, mu: Tensor, logvar: Tensor) -> Tensor:
         b, _, hh, ww = mu.shape
-        x = channels_to_groups(mu.detach(), self.num_codebooks).reshape(-1, 1)
+        x = channels_to_groups(mu, self.num_codebooks).reshape(-1, 1)
         x = (x * (self.std_range / self.value_range)).clamp(-self.std_range, self.std_range)
         flat = kernels.nearest_code(x.contiguous(), self.codebook, exact=self.search_exact, backend=self.search_backend)
         return flat.view(b, self.num_codebooks, hh, ww)

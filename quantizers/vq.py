@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 import kernels
 
-from ._utils import check, check_codebook_size, groups_to_channels
+from ._utils import check, check_codebook_size, groups_to_channels, reduce_loss
 from .base import Quantizer, QuantizerOutput
 from .registry import register_quantizer
 
@@ -140,7 +140,7 @@ class VectorQuant(Quantizer):
         grid = (h.shape[0], self.num_codebooks, h.shape[2], h.shape[3])
         idx = indices.view(grid)
         if not self.training:
-            return QuantizerOutput(z_q=self.decode(idx), indices=idx, loss=loss, stats=stats)
+            return QuantizerOutput(z_q=self._decode(idx), indices=idx, loss=loss, stats=stats)
         stats["batch_usage"] = torch.unique(indices).numel() / self.codebook_size
         z_st = z + (z_q - z).detach()  # straight-through: identity gradient to the encoder
         self._update_codebook(z.detach(), indices, stats)
@@ -152,8 +152,7 @@ class VectorQuant(Quantizer):
         grid = (h.shape[0], self.num_codebooks, h.shape[2], h.shape[3])
         return self._search(self._rows(h), self.codes()).view(grid)
 
-    def decode(self, indices: Tensor) -> Tensor:
-        self.check_indices(indices)
+    def _decode(self, indices: Tensor) -> Tensor:
         return groups_to_channels(self.codes()[indices])
 
     def codes(self) -> Tensor:
@@ -169,13 +168,12 @@ class VectorQuant(Quantizer):
     def _search(self, z: Tensor, codebook: Tensor) -> Tensor:
         # the codebook tensor itself (not a detached copy): the kernels cache its features by identity and
         # version, so they are rebuilt once per optimizer step rather than on every call
-        return kernels.nearest_code(z.detach().contiguous(), codebook.contiguous(),
+        return kernels.nearest_code(z.contiguous(), codebook.contiguous(),
                                     exact=self.search_exact, backend=self.search_backend)
 
     def _loss(self, z: Tensor, z_q: Tensor, batch: int) -> tuple[Tensor, dict[str, float]]:
         def distance(a: Tensor, b: Tensor) -> Tensor:
-            sq = (a - b).square()
-            return sq.sum() / batch if self.reduction == "sum" else sq.mean()
+            return reduce_loss((a - b).square(), batch, self.reduction)
 
         commitment = distance(z, z_q.detach())
         codebook_term = distance(z.detach(), z_q)  # equal in value; the gradient goes to the codebook
