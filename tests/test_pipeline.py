@@ -17,6 +17,8 @@ from gqbench.checkpoint import load_checkpoint
 from gqbench.sweep import run_job
 from gqbench.tracking import default_tracking_uri
 
+pytestmark = pytest.mark.job  # every test here runs whole jobs
+
 REQUIRED_METRICS = {"psnr", "ssim", "codebook_usage", "perplexity", "index_entropy_bits", "bits_per_token",
                     "q_bits_mean", "q_bits_min", "q_bits_max", "q_lam", "q_lam_min", "q_lam_max",
                     "continuous_psnr", "continuous_ssim"}

@@ -94,6 +94,7 @@ def test_build_autoencoder_picks_the_arch():
         build_autoencoder(SimpleNamespace(**{**vars(cfg), "arch": "mlp"}), q, image_size=32)
 
 
+@pytest.mark.job
 def test_a_vit_job_trains_and_evaluates(tmp_path):
     overrides = ["data=synthetic", "data.image_size=16", "data.num_train=64", "data.num_val=16", "model=vit_tiny",
                  "model.patch_size=2", "model.width=32", "model.layers=1", "model.heads=2", "model.z_channels=4",
