@@ -83,7 +83,8 @@ def render(experiment: str, runs: pd.DataFrame) -> str:
     table = comparison_table(runs)
     lines = [f"# {experiment}", "", f"{len(table)} finished job(s).", ""]
     if len(table):
-        lines += [table.to_markdown(index=False), ""]
+        # the cells are already formatted: tabulate must not re-parse "25.00" as 25 (it drops the digits)
+        lines += [table.to_markdown(index=False, disable_numparse=True), ""]
     failed = unfinished_jobs(runs)
     if len(failed):
         lines += [f"## Failed or interrupted jobs ({len(failed)})", "", failed.to_markdown(index=False), ""]

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from .checkpoint import LAST, load_checkpoint, save_checkpoint
+from .checkpoint import LAST, load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .config import safe_instantiate
 from .losses import GANLoss, ReconstructionLoss
 from .models.autoencoder import Autoencoder
@@ -81,19 +81,6 @@ class TrainingParts(torch.nn.Module):
         self.gan = GANLoss(disc_weight=gan.disc_weight, start_step=gan.start_step, ndf=gan.ndf, n_layers=gan.n_layers) if gan.enabled else None
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":  # only the training device: the resumed job may see a different GPU count
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def train(
     cfg: DictConfig,
     model: Autoencoder,
@@ -121,23 +108,16 @@ def train(
 
     # ---- resume ---------------------------------------------------------------------------------
     start_step, last_stats = 0, {}
+    stateful = {"model": model, "parts": parts, "opt_ae": opt_ae, "opt_d": opt_d}
     ckpt = load_checkpoint(ckpt_path)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        parts.load_state_dict(ckpt["parts"])
-        opt_ae.load_state_dict(ckpt["opt_ae"])
-        if opt_d is not None and ckpt.get("opt_d") is not None:
-            opt_d.load_state_dict(ckpt["opt_d"])
-        _set_rng_state(ckpt["rng"], device)
-        start_step, last_stats = ckpt["step"], ckpt.get("stats", {})
+        start_step = restore_training_state(ckpt, stateful, device)
+        last_stats = ckpt.get("stats", {})
         log.info("resuming from %s at step %d", ckpt_path, start_step)
 
     def checkpoint(step: int, stats: dict[str, float]) -> None:
-        save_checkpoint(ckpt_path, {
-            "step": step, "model": model.state_dict(), "parts": parts.state_dict(),
-            "opt_ae": opt_ae.state_dict(), "opt_d": opt_d.state_dict() if opt_d else None,
-            "rng": _rng_state(device), "stats": stats, "config": OmegaConf.to_container(cfg, resolve=True),
-        })
+        save_checkpoint(ckpt_path, training_state(
+            step, stateful, device, stats=stats, config=OmegaConf.to_container(cfg, resolve=True)))
 
     if start_step >= tcfg.max_steps:
         log.info("training already finished (%d steps): evaluating only", start_step)

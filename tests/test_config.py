@@ -5,7 +5,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, compose_config
-from gqbench.config import check_targets, flatten, quantizer_kwargs, run_signature
+from omegaconf import DictConfig
+
+from gqbench.config import SIGNATURE_EXCLUDED, SIGNATURE_KEYS, check_targets, flatten, quantizer_kwargs, run_signature
 
 GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "experiment"}
 
@@ -77,6 +79,52 @@ def test_signature_tracks_training_config_only(tmp_path):
     assert run_signature(base) == run_signature(compose_config(["train.num_workers=4", "train.log_every=1"], tmp_path))
     assert run_signature(base) != run_signature(compose_config(["seed=1"], tmp_path))
     assert run_signature(base) != run_signature(compose_config(["quantizer.codebook_size=64"], tmp_path))
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "_x"
+    if value is None:
+        return 1
+    return None
+
+
+def _leaves(cfg, group):
+    node = cfg[group]
+    if not isinstance(node, DictConfig):
+        return [(group, node)]
+    return [(f"{group}.{k}", v) for k, v in flatten(node).items()]
+
+
+@pytest.mark.parametrize("overrides", [[], ["loss.gan.enabled=true", "quantizer=vq"], ["model=vit_tiny", "quantizer=fsq"]])
+def test_every_training_leaf_changes_the_signature_and_nothing_else_does(overrides, tmp_path):
+    """A changed value anywhere under SIGNATURE_KEYS (except the excluded run-only keys) is a different job;
+    a changed value anywhere else (eval, tracking, paths, device, ...) is the same job."""
+    base = compose_config(overrides, tmp_path)
+    signature = run_signature(base)
+    excluded = {f"{g}.{k}" for g, keys in SIGNATURE_EXCLUDED.items() for k in keys}
+    probed = 0
+    for group in base:
+        for key, value in _leaves(base, group):  # lists are leaves too (flatten keeps them as JSON text)
+            new = _changed(value)
+            if new is None or key.endswith("_target_"):
+                continue
+            cfg = base.copy()
+            OmegaConf.update(cfg, key, new, force_add=True)
+            same = run_signature(cfg) == signature
+            training = group in SIGNATURE_KEYS and key not in excluded
+            assert same != training, f"{key}: {value!r} -> {new!r} {'kept' if same else 'changed'} the signature"
+            probed += training
+    assert probed > 40  # the walk reached the nested groups (model, train.optimizer, loss.gan, quantizer)
+
+
+def test_signature_is_stable_across_compositions_and_short(tmp_path):
+    a, b = run_signature(compose_config([], tmp_path)), run_signature(compose_config([], tmp_path / "other"))
+    assert a == b and len(a) == 12 and int(a, 16) >= 0
 
 
 def test_flatten_for_mlflow_params():

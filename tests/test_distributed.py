@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from quantizers import build_quantizer
+from quantizers.tdc import _global_stats
 
 WORLD = 2
 
@@ -36,6 +37,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         for step in range(4):
             vq(torch.randn(2, 4, 3, 3) * (1 + rank))
             gq(torch.randn(2, 8, 3, 3) * (1 + 3 * rank))
+        # the controller's batch statistics are those of all ranks' groups together (shapes differ per rank)
+        bits = torch.tensor([[3.0, 5.0], [2.0, 6.0]]) if rank == 0 else torch.tensor([[9.0, 1.5, 7.0]])
+        torch.save(_global_stats(bits), os.path.join(out_dir, f"stats{rank}.pt"))
         state = {f"vq.{k}": v for k, v in vq.state_dict().items()}
         state.update({f"gq.{k}": v for k, v in gq.state_dict().items()})
         torch.save(state, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -52,6 +56,10 @@ def test_quantizer_state_is_identical_across_ranks_with_different_data(tmp_path)
     assert states[0].keys() == states[1].keys()
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
+    everything = torch.tensor([3.0, 5.0, 2.0, 6.0, 9.0, 1.5, 7.0], dtype=torch.float64)
+    want = (everything.mean().item(), everything.min().item(), everything.max().item())
+    for r in range(WORLD):
+        assert torch.load(tmp_path / f"stats{r}.pt") == pytest.approx(want, rel=1e-12)
     # the state did move: k-means ran, restarts and EMA changed the codebook, λ left 1
     assert bool(states[0]["vq.initialized"])
     assert states[0]["gq.tdc.lam"].item() != 1.0

@@ -150,6 +150,53 @@ def test_tdc_controller_moves_each_lambda_toward_the_band_and_clamps():
     assert set(tdc.state_dict()) == {"lam", "lam_min", "lam_max"}  # checkpointed
 
 
+def test_tdc_lambda_max_is_clamped_and_lambda_follows_f_to_the_power_of_steps():
+    f, steps = 1.01, 800  # 1.01^800 ≈ 2868 > 1e3: the clamp is reached after 695 steps
+    tdc = TargetDivergenceConstraint(target_bits=4, tolerance=0.5, lam_factor=f, lam_max_range=(1.0, 1e3))
+    for _ in range(steps):
+        tdc(torch.full((2, 3), 9.0))
+    assert tdc.lam_max.item() == 1e3
+    assert math.isclose(tdc.lam.item(), f**steps, rel_tol=1e-9)  # λ itself is never clamped
+    for _ in range(5):  # back inside the band: λ_max decays from the clamp by exactly f per step
+        tdc(torch.full((2, 3), 4.0))
+    assert math.isclose(tdc.lam_max.item(), 1e3 / f**5, rel_tol=1e-12)
+    assert tdc.lam_min.item() == 1.0  # never below the band: λ_min stayed at its upper clamp
+
+
+def test_tdc_controller_reads_mean_min_max_of_the_batch():
+    tdc = TargetDivergenceConstraint(target_bits=8, tolerance=0.5)
+    # mean 7.97 (not above T), max on the band edge (inside), min below it: λ down, λ_max down (clamped at 1), λ_min down
+    tdc(torch.tensor([[7.0, 8.4, 8.5]]))
+    assert math.isclose(tdc.lam.item(), 1 / 1.01) and tdc.lam_max.item() == 1.0
+    assert math.isclose(tdc.lam_min.item(), 1 / 1.01)
+    tdc = TargetDivergenceConstraint(target_bits=8, tolerance=0.5)
+    tdc(torch.tensor([[7.6, 8.1, 8.51]]))  # mean above T, max just above the band, min inside
+    assert math.isclose(tdc.lam.item(), 1.01) and math.isclose(tdc.lam_max.item(), 1.01)
+    assert tdc.lam_min.item() == 1.0
+
+
+def test_log_variance_is_clamped_for_the_kl_the_sample_and_the_gradient():
+    q = build_quantizer("gq", codebook_size=16, codebook_dim=1, num_codebooks=1, logvar_range=(-30.0, 20.0)).eval()
+    mu = torch.tensor([0.5, 0.5, 0.5]).view(1, 1, 1, 3)
+    logvar = torch.tensor([30.0, -40.0, 3.0]).view(1, 1, 1, 3).requires_grad_()
+    out = q(torch.cat([mu, logvar], 1))
+    clamped = torch.tensor([20.0, -30.0, 3.0], dtype=torch.float64)
+    want = 0.5 * (0.25 + clamped.exp() - 1 - clamped) / math.log(2)  # closed-form KL (bits) at the clamped values
+    assert math.isclose(out.stats["bits_max"], want[0].item(), rel_tol=1e-6)
+    assert math.isclose(out.stats["bits_min"], want[2].item(), rel_tol=1e-6)
+    assert math.isclose(out.stats["bits_mean"], want.mean().item(), rel_tol=1e-6)
+    # the posterior sample's spread uses the clamped σ: |sample - μ| / σ is the same normal draw for all three
+    torch.manual_seed(0)
+    sample = q(torch.cat([mu, logvar], 1)).continuous.flatten()
+    torch.manual_seed(0)
+    eps = torch.randn(1, 1, 1, 3).flatten()
+    assert torch.allclose(sample.double(), mu.flatten().double() + (0.5 * clamped).exp() * eps.double(), rtol=1e-5)
+    # outside the range no gradient reaches the encoder's log-variance
+    q.train()
+    q(torch.cat([mu, logvar], 1)).loss.backward()
+    assert logvar.grad[0, 0, 0, 0] == 0 and logvar.grad[0, 0, 0, 1] == 0 and logvar.grad[0, 0, 0, 2] != 0
+
+
 def test_tdc_loss_has_gradient_only_through_the_kl():
     q = build_quantizer("gq", codebook_size=16, codebook_dim=2)
     h = torch.randn(2, q.in_channels, 3, 3, requires_grad=True)

@@ -25,6 +25,54 @@ def test_psnr_is_per_image_on_the_0_255_scale_without_clamping():
         assert np.allclose(M.psnr_ssim_per_image(x[:1], x[:1] + 0)[1], 1.0)
 
 
+def reference_ssim(ref: np.ndarray, rec: np.ndarray, data_range: float = 255.0) -> float:
+    """Wang et al. 2004 written out: 11x11 Gaussian window (σ 1.5), population moments, K1 0.01, K2 0.03, mean
+    over the valid window positions of each channel, then over channels. (H, W, C) float arrays."""
+    from scipy.ndimage import correlate
+
+    r = np.arange(-5, 6)
+    g = np.exp(-(r**2) / (2 * 1.5**2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    per_channel = []
+    for c in range(ref.shape[-1]):
+        x, y = ref[..., c], rec[..., c]
+        mean = lambda a: correlate(a, window, mode="constant")[5:-5, 5:-5]  # valid positions only
+        mx, my = mean(x), mean(y)
+        vx, vy, cxy = mean(x * x) - mx**2, mean(y * y) - my**2, mean(x * y) - mx * my
+        ssim_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+        per_channel.append(ssim_map.mean())
+    return float(np.mean(per_channel))
+
+
+def smooth_low_contrast_pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth images in a narrow grey band, where SSIM depends strongly on data_range (noise would hide it)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 24), torch.linspace(0, 1, 24), indexing="ij")
+    phase = torch.rand(2, 3, 1, 1, generator=g) * 6
+    x = 0.05 * torch.sin(4 * xx + 3 * yy + phase)  # values within ±0.05 of mid-grey
+    x_hat = x + 0.02 * torch.cos(5 * xx - 2 * yy + phase * 2)
+    return x, x_hat
+
+
+def test_ssim_equals_the_formula_written_out_on_smooth_low_contrast_images():
+    x, x_hat = smooth_low_contrast_pair()
+    _, ssim = M.psnr_ssim_per_image(x, x_hat)
+    ref, rec = M.to_uint8_scale(x), M.to_uint8_scale(x_hat)
+    want = [reference_ssim(ref[i], rec[i]) for i in range(len(ref))]
+    assert np.allclose(ssim, want, rtol=0, atol=1e-9), (ssim, want)
+    # images where data_range matters: taking the [-1, 1] range (2) for the 0-255 scale moves SSIM 0.99 -> 0.85
+    assert all(reference_ssim(ref[i], rec[i], data_range=2.0) < w - 0.1 for i, w in enumerate(want))
+
+
+def test_psnr_equals_the_formula_written_out():
+    x, x_hat = smooth_low_contrast_pair(seed=1)
+    psnr, _ = M.psnr_ssim_per_image(x, x_hat)
+    a, b = ((x.double() + 1) * 127.5), ((x_hat.double() + 1) * 127.5)
+    mse = (a - b).square().mean((1, 2, 3))
+    assert np.allclose(psnr, (10 * torch.log10(255.0**2 / mse)).numpy(), rtol=0, atol=1e-9)
+
+
 def test_ssim_is_nan_below_the_window_size():
     x = torch.zeros(1, 3, 8, 8)
     psnr, ssim = M.psnr_ssim_per_image(x, x + 0.1)
@@ -45,9 +93,50 @@ def test_codebook_usage_entropy_and_perplexity_per_sub_codebook():
     assert math.isclose(s[M.PERPLEXITY], 3.0)
 
 
+def test_codebook_counts_accumulate_over_every_batch():
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 8, (3, 2, 4, 4), generator=g), torch.randint(0, 3, (5, 2, 4, 4), generator=g),
+               torch.full((1, 2, 4, 4), 7)]
+    counter = M.CodebookCounter(codebook_size=8, num_codebooks=2)
+    for b in batches:
+        counter.update(b)
+    s = counter.summary()
+    everything = torch.cat(batches)
+    for j in range(2):  # an independent count per sub-codebook: numpy over all indices at once
+        values = everything[:, j].flatten().numpy()
+        counts = np.bincount(values, minlength=8)
+        p = counts[counts > 0] / counts.sum()
+        entropy = float(-(p * np.log2(p)).sum())
+        assert math.isclose(s[f"{M.CODEBOOK_USAGE}/{j}"], len(np.unique(values)) / 8)
+        assert math.isclose(s[f"{M.PERPLEXITY}/{j}"], 2**entropy, rel_tol=1e-12)
+        assert torch.equal(counter.counts[j], torch.from_numpy(counts))
+    merged = M.CodebookCounter(codebook_size=8, num_codebooks=2)
+    merged.update(batches[0])
+    other = M.CodebookCounter(codebook_size=8, num_codebooks=2)
+    for b in batches[1:]:
+        other.update(b)
+    merged.merge_(other.counts)  # two processes' histograms merge to the one-process histogram
+    assert torch.equal(merged.counts, counter.counts)
+
+
 def test_nominal_rate():
     r = M.rate(bits_per_token=16, tokens_per_image=1024, image_size=256)
     assert r[M.BPP] == 0.25  # the paper's 0.25-bpp setting: 32x32 tokens of 16 bits at 256 px
+    assert r == {M.BITS_PER_TOKEN: 16.0, M.TOKENS_PER_IMAGE: 1024.0, M.BPP: 0.25}
+    assert M.rate(bits_per_token=12, tokens_per_image=64, image_size=32)[M.BPP] == 12 * 64 / 1024
+
+
+def test_summary_is_mean_and_population_std_and_nan_when_empty():
+    assert M.summarize([1.0, 2.0, 6.0]) == (3.0, math.sqrt(14 / 3))
+    mean, std = M.summarize([])
+    assert math.isnan(mean) and math.isnan(std)
+
+
+def test_code_shape_reports_the_code_as_built():
+    from quantizers import build_quantizer
+
+    fsq = build_quantizer("fsq", codebook_size=None, levels=[5, 3], num_codebooks=2)
+    assert M.code_shape(fsq) == {M.CODEBOOK_SIZE: 15.0, M.NUM_CODEBOOKS: 2.0, M.CODEBOOK_DIM: 2.0}
 
 
 def test_quantizer_stats_accumulate_means_mins_and_maxes():

@@ -1,0 +1,66 @@
+"""The report's run selection and table on hand-made MLflow-shaped frames: newest run per job, failures
+listed, numbers as recorded."""
+from __future__ import annotations
+
+import pandas as pd
+
+from gqbench import report
+
+
+def runs_frame(rows: list[dict]) -> pd.DataFrame:
+    """What mlflow.search_runs returns, for the columns the report reads."""
+    base = {"params.quantizer.name": "gq", "params.model.name": "unet_tiny", "params.seed": "0",
+            "params.train.max_steps": "12", "metrics.codebook_size": 16.0, "metrics.bits_per_token": 8.0,
+            "metrics.eval_images": 16.0, "tags.mlflow.runName": "job", "tags.error": None}
+    frame = pd.DataFrame([{**base, **r} for r in rows])
+    frame["start_time"] = pd.to_datetime(frame["start_time"], unit="s", utc=True)
+    return frame
+
+
+RUNS = runs_frame([
+    # job A evaluated twice: the newer evaluation replaces the older one, whatever the row order
+    {"tags.signature": "A", "status": "FINISHED", "start_time": 200, "metrics.psnr": 25.0, "params.seed": "1"},
+    {"tags.signature": "A", "status": "FINISHED", "start_time": 100, "metrics.psnr": 20.0, "params.seed": "1"},
+    # job A with another eval set size is another row
+    {"tags.signature": "A", "status": "FINISHED", "start_time": 150, "metrics.psnr": 21.0, "metrics.eval_images": 8.0, "params.seed": "1"},
+    # a failed attempt of A after it finished is not a hole in the table
+    {"tags.signature": "A", "status": "FAILED", "start_time": 300, "tags.error": "RuntimeError: boom"},
+    {"tags.signature": "B", "status": "FINISHED", "start_time": 50, "metrics.psnr": 30.0, "params.quantizer.name": "fsq"},
+    {"tags.signature": "C", "status": "FAILED", "start_time": 60, "tags.error": "ValueError: codebook_size=100",
+     "tags.mlflow.runName": "bad"},
+    {"tags.signature": "D", "status": "RUNNING", "start_time": 70, "tags.mlflow.runName": "hard-killed"},
+])
+
+
+def test_the_newest_finished_run_per_job_and_eval_setting_is_kept():
+    kept = report.finished_runs(RUNS)
+    by_key = {(r["tags.signature"], r["metrics.eval_images"]): r["metrics.psnr"] for _, r in kept.iterrows()}
+    assert by_key == {("A", 16.0): 25.0, ("A", 8.0): 21.0, ("B", 16.0): 30.0}
+    shuffled = RUNS.sample(frac=1.0, random_state=3)  # row order must not matter, only start_time
+    assert report.finished_runs(shuffled)["metrics.psnr"].sort_values().tolist() == [21.0, 25.0, 30.0]
+
+
+def test_table_rows_carry_the_recorded_numbers_sorted_by_method():
+    raw = report.comparison_table(RUNS, formatted=False)
+    assert raw["method"].tolist() == ["fsq", "gq", "gq"]
+    assert raw["PSNR↑"].tolist() == [30.0, 21.0, 25.0] or raw["PSNR↑"].tolist() == [30.0, 25.0, 21.0]
+    assert set(raw.columns) == {header for _, header, _ in report.COLUMNS}
+    shown = report.comparison_table(RUNS)
+    assert shown.loc[shown["method"] == "fsq", "PSNR↑"].item() == "30.00"
+    assert shown.loc[shown["method"] == "fsq", "SSIM↑"].item() == "–"  # missing metric: a dash, not 0 or nan
+
+
+def test_holes_are_failed_or_unfinished_jobs_without_a_finished_run():
+    holes = report.unfinished_jobs(RUNS)
+    assert sorted(holes["run"]) == ["bad", "hard-killed"]
+    assert holes.loc[holes["run"] == "bad", "error"].item() == "ValueError: codebook_size=100"
+
+
+def test_rendered_report_has_the_table_the_failures_and_the_protocol_note():
+    text = report.render("exp", RUNS)
+    assert text.startswith("# exp\n") and "3 finished job(s)." in text
+    assert "| fsq " in text and "30.00" in text and "25.00" in text and "20.00" not in text
+    assert "## Failed or interrupted jobs (2)" in text and "codebook_size=100" in text
+    assert "PSNR/SSIM: per image on the 0–255 scale" in text
+    only_done = report.render("exp", RUNS[RUNS["status"] == "FINISHED"])
+    assert "Failed" not in only_done
