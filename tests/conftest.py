@@ -32,3 +32,51 @@ def compose_config(overrides: list[str], tmp_path: Path | None = None) -> DictCo
 @pytest.fixture
 def fast_cfg(tmp_path):
     return compose_config(FAST_OVERRIDES, tmp_path)
+
+
+def recompute_eval_metrics(cfg: DictConfig, job_dir: Path) -> dict[str, float]:
+    """The job's headline metrics recomputed from its checkpoint without gqbench.evaluate or gqbench.metrics:
+    PSNR from the MSE formula, usage as distinct codes / K and perplexity as 2^H per sub-codebook from
+    numpy counts over every evaluated index. A metric-definition bug in the job cannot also be in here."""
+    import numpy as np
+    import torch
+
+    from gqbench.checkpoint import LAST, load_checkpoint
+    from gqbench.config import quantizer_kwargs, safe_instantiate
+    from gqbench.models.autoencoder import build_autoencoder
+    from quantizers import build_quantizer
+
+    data = safe_instantiate(cfg.data, path="data")
+    model = build_autoencoder(cfg.model, build_quantizer(**quantizer_kwargs(cfg.quantizer, cfg.model.z_channels)),
+                              cfg.data.image_size)
+    model.load_state_dict(load_checkpoint(job_dir / LAST)["model"])
+    model.eval()
+    n = len(data.val) if cfg.eval.num_images is None else min(cfg.eval.num_images, len(data.val))
+    images = torch.stack([data.val[i] for i in range(n)])
+    psnr, indices = [], []
+    with torch.no_grad():
+        for batch in images.split(cfg.eval.batch_size):
+            out = model(batch)
+            mse = ((batch.double() - out.x_hat.double()) * 127.5).square().mean((1, 2, 3))
+            psnr += (10 * np.log10(255.0**2 / mse.numpy())).tolist()
+            indices.append(out.quant.indices)
+    k = model.quantizer.codebook_size
+    per_codebook = torch.cat(indices).transpose(0, 1).reshape(model.quantizer.num_codebooks, -1).numpy()
+    usage, perplexity = [], []
+    for row in per_codebook:
+        counts = np.bincount(row, minlength=k)
+        p = counts[counts > 0] / counts.sum()
+        usage.append(len(p) / k)
+        perplexity.append(2 ** float(-(p * np.log2(p)).sum()))
+    return {"psnr": float(np.mean(psnr)), "codebook_usage": float(np.mean(usage)),
+            "perplexity": float(np.mean(perplexity)), "eval_images": float(n)}
+
+
+def assert_metrics_recompute(metrics: dict[str, float], cfg: DictConfig, job_dir: Path) -> None:
+    import pytest
+
+    want = recompute_eval_metrics(cfg, job_dir)
+    assert metrics["eval_images"] == want["eval_images"]
+    assert metrics["psnr"] == pytest.approx(want["psnr"], rel=1e-9, abs=1e-9)
+    assert metrics["codebook_usage"] == pytest.approx(want["codebook_usage"], rel=1e-12)
+    assert metrics["perplexity"] == pytest.approx(want["perplexity"], rel=1e-9)

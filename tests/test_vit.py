@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import compose_config
+from conftest import assert_metrics_recompute, compose_config
 from gqbench.models.autoencoder import build_autoencoder
 from gqbench.models.vit import ViTDecoder, ViTEncoder
 from gqbench.sweep import run_job
@@ -101,9 +101,11 @@ def test_a_vit_job_trains_and_evaluates(tmp_path):
                  "quantizer.codebook_size=16", "quantizer.codebook_dim=2", "train.batch_size=8", "train.max_steps=6",
                  "train.log_every=3", "train.checkpoint_every=3", "eval.batch_size=8", "eval.grid_images=4",
                  "device=cpu"]
-    metrics = run_job(compose_config(overrides, tmp_path), output_dir=tmp_path / "out")
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["status"] == "finished"
-    assert metrics["tokens_per_image"] == 64 and 0 < metrics["codebook_usage"] <= 1
+    cfg = compose_config(overrides, tmp_path)
+    metrics = run_job(cfg, output_dir=tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert record["status"] == "finished" and metrics["tokens_per_image"] == 64
+    assert_metrics_recompute(metrics, cfg, tmp_path / "runs" / "jobs" / record["signature"])
 
 
 def test_decoder_unpatchify_inverts_the_encoder_patch_layout():
