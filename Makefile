@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # and imports on our CPU-only machines (machine-notes §1).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv clean-runs
+.PHONY: demo test mutate venv clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: no python3.11 or python3 on PATH; run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -27,6 +27,14 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# Mutation testing (README, Contributing): mutmut over the modules listed in pyproject's [tool.mutmut], killed
+# by the unit tests only; prints the score and every mutant no test killed. About 40 min on 2 cores.
+mutate: venv
+	$(PY) -m pip install -q -e '.[dev,mutate]'
+	rm -rf mutants
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $$(nproc) > mutants.log 2>&1 || { tail -50 mutants.log; exit 1; }
+	$(PY) tests/mutation_score.py --mutmut $(VENV)/bin/mutmut --min 90
 
 clean-runs:
 	rm -rf runs

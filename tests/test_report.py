@@ -3,6 +3,7 @@ listed, numbers as recorded."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from gqbench import report
 
@@ -64,3 +65,31 @@ def test_rendered_report_has_the_table_the_failures_and_the_protocol_note():
     assert "PSNR/SSIM: per image on the 0–255 scale" in text
     only_done = report.render("exp", RUNS[RUNS["status"] == "FINISHED"])
     assert "Failed" not in only_done
+
+
+def test_cli_reads_a_real_mlflow_store_and_writes_markdown_and_csv(tmp_path, capsys):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("exp", artifact_location=str(tmp_path / "artifacts"))
+    for signature, psnr, status in (("A", 20.0, "FINISHED"), ("A", 25.0, "FINISHED"), ("B", 30.0, "FAILED")):
+        run = client.create_run(exp, tags={"signature": signature, "error": "boom" if status == "FAILED" else ""})
+        client.log_param(run.info.run_id, "quantizer.name", "gq")
+        client.log_metric(run.info.run_id, "psnr", psnr)
+        client.log_metric(run.info.run_id, "eval_images", 16)
+        client.set_terminated(run.info.run_id, status)
+    out = tmp_path / "reports"
+    assert report.main(["--experiment", "exp", "--tracking-uri", uri, "--out", str(out)]) == 0
+    text = (out / "exp.md").read_text()
+    assert "1 finished job(s)." in text and "25.00" in text and "20.00" not in text
+    assert "Failed or interrupted jobs (1)" in text and text in capsys.readouterr().out
+    csv = pd.read_csv(out / "exp.csv")
+    assert csv["PSNR↑"].tolist() == [25.0] and csv["method"].tolist() == ["gq"]
+    with pytest.raises(SystemExit, match="no MLflow experiment named 'nope'"):
+        report.main(["--experiment", "nope", "--tracking-uri", uri, "--out", str(out)])
+    client.create_experiment("empty", artifact_location=str(tmp_path / "artifacts2"))
+    with pytest.raises(SystemExit, match="'empty' .* has no runs yet"):
+        report.main(["--experiment", "empty", "--tracking-uri", uri, "--out", str(out)])
+    mlflow.set_tracking_uri(None)
