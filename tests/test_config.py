@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, compose_config
@@ -130,3 +131,49 @@ def test_signature_is_stable_across_compositions_and_short(tmp_path):
 def test_flatten_for_mlflow_params():
     flat = flatten(OmegaConf.create({"a": {"b": 1, "c": [1, 2]}, "d": None}))
     assert flat == {"a.b": 1, "a.c": "[1, 2]", "d": None}
+    assert flatten(OmegaConf.create({"a": 3, "b": {"c": "${a}"}})) == {"a": 3, "b.c": 3}  # resolved
+
+
+def test_signature_hashes_resolved_values_in_any_key_order_and_tolerates_missing_groups():
+    a = OmegaConf.create({"seed": 0, "model": {"w": "${eval.n}", "ch": 2}, "eval": {"n": 3}})
+    b = OmegaConf.create({"eval": {"n": 3}, "model": {"ch": 2, "w": 3}, "seed": 0})
+    assert run_signature(a) == run_signature(b)  # interpolations are resolved, key order does not matter
+    a.eval.n = 4
+    assert run_signature(a) != run_signature(b)  # the resolved value changed
+    # a config without a train group, or whose train group lacks the excluded keys, still hashes
+    assert len(run_signature(OmegaConf.create({"seed": 1}))) == 12
+    assert run_signature(OmegaConf.create({"seed": 1, "train": {"lr": 1}})) != run_signature(OmegaConf.create({"seed": 1}))
+
+
+def test_target_messages_name_the_full_key_and_the_allowed_packages():
+    allowed = "gqbench, quantizers, kernels, torch.optim"
+    with pytest.raises(ValueError, match=rf"^config key x\._target_='os.system' is not allowed: configs may only instantiate objects from {allowed}$"):
+        check_targets(OmegaConf.create({"x": {"_target_": "os.system"}}))
+    with pytest.raises(ValueError, match=r"^config key data\._target_=5 is not allowed"):
+        check_targets(OmegaConf.create({"_target_": 5}), path="data")
+    with pytest.raises(ValueError, match=r"^config key x\._target_='gqbench.config.json' is not allowed"):
+        check_targets(OmegaConf.create({"x": {"_target_": "gqbench.config.json"}}))  # a foreign module
+    with pytest.raises(ValueError, match=r"^config key x\._target_='gqbench.config.SIGNATURE_KEYS' is not allowed"):
+        check_targets(OmegaConf.create({"x": {"_target_": "gqbench.config.SIGNATURE_KEYS"}}))  # no module at all
+    # defined in a package's __init__ (module name without a dot), or a module of ours: allowed
+    check_targets(OmegaConf.create({"x": {"_target_": "kernels.gq_argmax"}, "y": {"_target_": "gqbench.data"}}))
+
+
+def test_safe_instantiate_checks_then_passes_arguments_through():
+    from gqbench.config import safe_instantiate
+
+    weight = torch.nn.Parameter(torch.ones(2))
+    opt = safe_instantiate(OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.5}), [weight], momentum=0.25)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == 0.5 and opt.defaults["momentum"] == 0.25
+    with pytest.raises(ValueError, match=r"^config key train\.optimizer\._target_='subprocess.call'"):
+        safe_instantiate(OmegaConf.create({"_target_": "subprocess.call", "args": ["false"]}), path="train.optimizer")
+
+
+def test_null_sizes_take_the_methods_own_default_with_its_options():
+    node = OmegaConf.create({"name": "fsq", "codebook_size": None, "codebook_dim": None, "num_codebooks": None,
+                             "levels": [5, 3, 3]})
+    kwargs = quantizer_kwargs(node, z_channels=6)
+    assert kwargs["num_codebooks"] == 2 and kwargs["levels"] == [5, 3, 3]  # 3 dims per group from the levels
+    node = OmegaConf.create({"name": "vq", "codebook_size": 16, "codebook_dim": None, "num_codebooks": None})
+    with pytest.raises(ValueError, match=r"quantizer 'vq' needs quantizer.codebook_dim or quantizer.num_codebooks \(both are null\)"):
+        quantizer_kwargs(node, z_channels=6)

@@ -58,7 +58,7 @@ def smooth_low_contrast_pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 def test_ssim_equals_the_formula_written_out_on_smooth_low_contrast_images():
     x, x_hat = smooth_low_contrast_pair()
     _, ssim = M.psnr_ssim_per_image(x, x_hat)
-    ref, rec = M.to_uint8_scale(x), M.to_uint8_scale(x_hat)
+    ref, rec = [((t.double() + 1) * 127.5).permute(0, 2, 3, 1).numpy() for t in (x, x_hat)]  # 0-255, HWC
     want = [reference_ssim(ref[i], rec[i]) for i in range(len(ref))]
     assert np.allclose(ssim, want, rtol=0, atol=1e-9), (ssim, want)
     # images where data_range matters: taking the [-1, 1] range (2) for the 0-255 scale moves SSIM 0.99 -> 0.85
@@ -77,6 +77,18 @@ def test_ssim_is_nan_below_the_window_size():
     x = torch.zeros(1, 3, 8, 8)
     psnr, ssim = M.psnr_ssim_per_image(x, x + 0.1)
     assert np.isfinite(psnr).all() and np.isnan(ssim).all()
+    for h, w in ((10, 16), (16, 10)):  # either side below 11 px
+        x = torch.rand(1, 3, h, w) * 2 - 1
+        assert np.isnan(M.psnr_ssim_per_image(x, x * 0.9)[1]).all()
+    x = torch.rand(1, 3, 11, 11) * 2 - 1  # exactly one window: defined
+    assert np.isfinite(M.psnr_ssim_per_image(x, x * 0.9)[1]).all()
+
+
+def test_uint8_scale_maps_minus_one_to_zero_and_one_to_255_in_hwc_order():
+    x = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 2, 4)
+    out = M.to_uint8_scale(x)
+    assert out.shape == (1, 2, 4, 3) and out.dtype == np.float64
+    assert out[0, 1, 3].tolist() == [0.0, 127.5, 255.0]
 
 
 def test_codebook_usage_entropy_and_perplexity_per_sub_codebook():
