@@ -100,3 +100,58 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
     assert load_checkpoint(tmp_path / "missing.pt") is None
+
+
+def test_cuda_rng_state_is_saved_and_restored_for_the_training_device_only(monkeypatch):
+    """No GPU here: torch.cuda's RNG calls are recorded, the branch logic is real."""
+    import numpy as np
+
+    from gqbench import checkpoint as C
+
+    calls = []
+    sentinel = torch.tensor([7], dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or sentinel)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", state, device)))
+    gpu = torch.device("cuda", 1)
+    state = C.rng_state(gpu)
+    assert state["cuda"] is sentinel and calls == [("get", gpu)] and set(state) == {"torch", "cuda"}
+    assert set(C.rng_state(CPU)) == {"torch"}
+    calls.clear()
+    C.set_rng_state(state, gpu)
+    assert calls == [("set", sentinel, gpu)]
+    calls.clear()
+    C.set_rng_state(state, CPU)  # a CUDA checkpoint resumed on CPU: only the CPU generator
+    C.set_rng_state({"torch": state["torch"]}, gpu)  # a CPU checkpoint resumed on a GPU: nothing to set there
+    assert calls == []
+    restore_training_state({"step": 2, "rng": state}, {}, gpu)
+    assert calls == [("set", sentinel, gpu)]
+    # non-tensor objects in a checkpoint (stats from numpy, RNG states) load back
+    assert np.float64(1.5) == C.load_checkpoint(_saved({"x": np.float64(1.5)}))["x"]
+
+
+def _saved(obj):
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "c.pt"
+    save_checkpoint(path, obj)
+    return path
+
+
+def test_absent_parts_are_skipped_without_skipping_the_rest():
+    saved, fresh = make_run(seed=0), make_run(seed=1)
+    ckpt = training_state(5, {"opt_d": None, **{k: v for k, v in saved.items() if k != "opt_d"}}, CPU)
+    target = {"opt_d": None, **{k: v for k, v in fresh.items() if k != "opt_d"}}
+    assert list(ckpt)[:2] == ["step", "opt_d"]  # the absent part comes first: the loop must go on after it
+    assert restore_training_state(ckpt, target, CPU) == 5
+    assert torch.equal(fresh["model"]["enc"].weight, saved["model"]["enc"].weight)
+    with pytest.raises(ValueError, match=r"the run's config differs from the one that wrote the checkpoint$"):
+        restore_training_state(ckpt, fresh, CPU)
+
+
+def test_json_records_are_sorted_and_indented(tmp_path):
+    write_json(tmp_path / "m.json", {"b": 1, "a": {"d": tmp_path.name, "c": 2}})
+    assert (tmp_path / "m.json").read_text() == (
+        '{\n  "a": {\n    "c": 2,\n    "d": "' + tmp_path.name + '"\n  },\n  "b": 1\n}')
+    write_json(tmp_path / "p.json", {"path": tmp_path})  # non-JSON values are written as text
+    assert json.loads((tmp_path / "p.json").read_text()) == {"path": str(tmp_path)}

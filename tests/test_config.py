@@ -167,6 +167,8 @@ def test_safe_instantiate_checks_then_passes_arguments_through():
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == 0.5 and opt.defaults["momentum"] == 0.25
     with pytest.raises(ValueError, match=r"^config key train\.optimizer\._target_='subprocess.call'"):
         safe_instantiate(OmegaConf.create({"_target_": "subprocess.call", "args": ["false"]}), path="train.optimizer")
+    with pytest.raises(ValueError, match=r"^config key _target_='subprocess.call'"):  # top level: no path prefix
+        safe_instantiate(OmegaConf.create({"_target_": "subprocess.call"}))
 
 
 def test_null_sizes_take_the_methods_own_default_with_its_options():

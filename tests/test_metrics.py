@@ -131,6 +131,22 @@ def test_codebook_counts_accumulate_over_every_batch():
     assert torch.equal(merged.counts, counter.counts)
 
 
+def test_counter_edge_cases_single_index_empty_and_one_codebook():
+    one = M.CodebookCounter(codebook_size=4, num_codebooks=1)
+    one.update(torch.tensor([[[[2]]]]))  # a single index: one code used once
+    s = one.summary()
+    assert s[M.CODEBOOK_USAGE] == 0.25 and s[M.INDEX_ENTROPY] == 0.0 and s[M.PERPLEXITY] == 1.0
+    assert not any("/" in k for k in s)  # per-sub-codebook keys only when there are several
+    assert one.counts.dtype == torch.int64  # exact counts beyond 2^24 indices
+    empty = M.CodebookCounter(codebook_size=4, num_codebooks=2).summary()
+    assert empty[M.CODEBOOK_USAGE] == 0.0 and empty[M.INDEX_ENTROPY] == 0.0 and empty[M.PERPLEXITY] == 1.0
+    # mean perplexity is the mean of 2^H_j (not 2^mean H, nor 2·H)
+    two = M.CodebookCounter(codebook_size=8, num_codebooks=2)
+    two.update(torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 0, 0, 0, 1]]).view(1, 2, 2, 4))
+    h1 = -(7 / 8 * math.log2(7 / 8) + 1 / 8 * math.log2(1 / 8))
+    assert math.isclose(two.summary()[M.PERPLEXITY], (8 + 2**h1) / 2, rel_tol=1e-12)
+
+
 def test_nominal_rate():
     r = M.rate(bits_per_token=16, tokens_per_image=1024, image_size=256)
     assert r[M.BPP] == 0.25  # the paper's 0.25-bpp setting: 32x32 tokens of 16 bits at 256 px
@@ -140,6 +156,9 @@ def test_nominal_rate():
 
 def test_summary_is_mean_and_population_std_and_nan_when_empty():
     assert M.summarize([1.0, 2.0, 6.0]) == (3.0, math.sqrt(14 / 3))
+    values = np.array([0.1, 0.2, 0.7, 1.3], dtype=np.float32)  # float32 inputs are averaged in float64
+    as64 = values.astype(np.float64)
+    assert M.summarize(values) == (float(as64.mean()), float(as64.std()))
     mean, std = M.summarize([])
     assert math.isnan(mean) and math.isnan(std)
 
@@ -149,6 +168,10 @@ def test_code_shape_reports_the_code_as_built():
 
     fsq = build_quantizer("fsq", codebook_size=None, levels=[5, 3], num_codebooks=2)
     assert M.code_shape(fsq) == {M.CODEBOOK_SIZE: 15.0, M.NUM_CODEBOOKS: 2.0, M.CODEBOOK_DIM: 2.0}
+    from types import SimpleNamespace
+
+    shape = M.code_shape(SimpleNamespace(codebook_size=4, num_codebooks=3))  # a method without codebook_dim
+    assert shape[M.CODEBOOK_SIZE] == 4.0 and shape[M.NUM_CODEBOOKS] == 3.0 and math.isnan(shape[M.CODEBOOK_DIM])
 
 
 def test_quantizer_stats_accumulate_means_mins_and_maxes():

@@ -74,7 +74,7 @@ def test_cli_reads_a_real_mlflow_store_and_writes_markdown_and_csv(tmp_path, cap
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("exp", artifact_location=str(tmp_path / "artifacts"))
-    for signature, psnr, status in (("A", 20.0, "FINISHED"), ("A", 25.0, "FINISHED"), ("B", 30.0, "FAILED")):
+    for signature, psnr, status in (("A", 20.0, "FINISHED"), ("A", 25.123456, "FINISHED"), ("B", 30.0, "FAILED")):
         run = client.create_run(exp, tags={"signature": signature, "error": "boom" if status == "FAILED" else ""})
         client.log_param(run.info.run_id, "quantizer.name", "gq")
         client.log_metric(run.info.run_id, "psnr", psnr)
@@ -83,13 +83,43 @@ def test_cli_reads_a_real_mlflow_store_and_writes_markdown_and_csv(tmp_path, cap
     out = tmp_path / "reports"
     assert report.main(["--experiment", "exp", "--tracking-uri", uri, "--out", str(out)]) == 0
     text = (out / "exp.md").read_text()
-    assert "1 finished job(s)." in text and "25.00" in text and "20.00" not in text
+    assert text.startswith("# exp\n") and "1 finished job(s)." in text and "25.12" in text and "20.00" not in text
     assert "Failed or interrupted jobs (1)" in text and text in capsys.readouterr().out
     csv = pd.read_csv(out / "exp.csv")
-    assert csv["PSNR↑"].tolist() == [25.0] and csv["method"].tolist() == ["gq"]
+    assert csv["PSNR↑"].tolist() == [25.123456] and csv["method"].tolist() == ["gq"]  # raw numbers, no index
+    assert csv.columns.tolist() == [header for _, header, _ in report.COLUMNS]
     with pytest.raises(SystemExit, match="no MLflow experiment named 'nope'"):
         report.main(["--experiment", "nope", "--tracking-uri", uri, "--out", str(out)])
     client.create_experiment("empty", artifact_location=str(tmp_path / "artifacts2"))
     with pytest.raises(SystemExit, match="'empty' .* has no runs yet"):
         report.main(["--experiment", "empty", "--tracking-uri", uri, "--out", str(out)])
     mlflow.set_tracking_uri(None)
+
+
+def test_cli_defaults_runs_dir_from_the_environment_and_reports_folder(tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from gqbench.tracking import default_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(default_tracking_uri(tmp_path / "myruns"))
+    exp = client.create_experiment("exp", artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(exp, tags={"signature": "A"})
+    client.log_metric(run.info.run_id, "psnr", 21.5)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    monkeypatch.setenv("GQBENCH_RUNS", "myruns")
+    assert report.main(["--experiment", "exp"]) == 0
+    assert "21.50" in (tmp_path / "reports" / "generated" / "exp.md").read_text()
+    monkeypatch.delenv("GQBENCH_RUNS")
+    with pytest.raises(SystemExit, match=r"no MLflow experiment named 'exp' in sqlite:///.*/runs/mlflow\.db"):
+        report.main(["--experiment", "exp"])  # default run folder ./runs
+    with pytest.raises(SystemExit):
+        report.main([])  # --experiment is required
+    assert "--experiment" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        report.main(["--help"])
+    usage = capsys.readouterr().out
+    for text in ("Render an MLflow experiment as comparison tables", "MLflow experiment name (tracking.experiment)",
+                 "(paths.runs; default $GQBENCH_RUNS or ./runs)", "default: sqlite:///<runs-dir>/mlflow.db",
+                 "folder for <experiment>.md/.csv"):
+        assert text in " ".join(usage.split()), text
