@@ -37,12 +37,16 @@ from .tdc import _global_stats
 
 
 def truncated_normal_levels(num_levels: int, std_range: float) -> Tensor:
-    """(B,) float64 reconstruction values r_j: the N(0, 1) mean of each equal-probability bin clamped to ±std_range."""
+    """(B,) float64 reconstruction values r_j: the N(0, 1) mean of each equal-probability bin clamped to ±std_range.
+
+    A bin that lies wholly beyond ±std_range (B > ~741 at s = 3) clamps to zero width at the boundary; its value
+    is that boundary (the limit of the mean of a shrinking interval), not 0/0, which kept the level order."""
     normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
     t = normal.icdf(torch.arange(num_levels + 1, dtype=torch.float64) / num_levels).clamp(-std_range, std_range)
     a, b = t[:-1], t[1:]
     pdf = lambda x: torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # noqa: E731
-    return (pdf(a) - pdf(b)) / (normal.cdf(b) - normal.cdf(a)).clamp_min(1e-10)
+    mass = normal.cdf(b) - normal.cdf(a)
+    return torch.where(b > a, (pdf(a) - pdf(b)) / mass.clamp_min(1e-300), a)
 
 
 @register_quantizer("tokenbridge")

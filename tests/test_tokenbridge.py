@@ -59,3 +59,17 @@ def test_tdc_targets_log2_levels_bits_per_channel_and_kl_mode_is_a_plain_penalty
 def test_bad_arguments_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_quantizer("tokenbridge", codebook_size=4, **kwargs)
+
+
+def test_levels_are_truncated_normal_bin_means_and_bins_beyond_the_range_sit_on_its_edge():
+    from scipy.stats import truncnorm
+
+    from quantizers.tokenbridge import truncated_normal_levels
+
+    levels = truncated_normal_levels(4, 0.5)  # quartile edges ±0.674 lie beyond ±0.5: the outer bins are empty
+    inner = truncnorm(0.0, 0.5).mean()  # N(0, 1) conditioned on [0, 0.5], by scipy
+    assert torch.allclose(levels, torch.tensor([-0.5, -inner, inner, 0.5], dtype=torch.float64), rtol=0, atol=1e-12)
+    big = truncated_normal_levels(1024, 3.0)  # 1/1024 < Φ(-3): the same at the default range
+    assert big[0] == -3.0 and big[-1] == 3.0 and bool((big[1:] >= big[:-1]).all())
+    edges = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor([5 / 16, 6 / 16], dtype=torch.float64))
+    assert math.isclose(truncated_normal_levels(16, 3.0)[5].item(), truncnorm(*edges.tolist()).mean(), rel_tol=1e-9)
