@@ -25,8 +25,9 @@ demo: venv
 	$(PY) -m gqbench.sweep -m +experiment=quickstart
 	$(PY) -m gqbench.report --experiment quickstart
 
+# one pytest worker per core: the slow tests are subprocess jobs and CLI runs that parallelise well
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto tests
 
 # Mutation testing (README, Contributing): mutmut over the modules listed in pyproject's [tool.mutmut], killed
 # by the unit tests only; prints the score and every mutant no test killed. About 40 min on 2 cores.
