@@ -52,8 +52,10 @@ def load_runs(experiment: str, tracking_uri: str) -> pd.DataFrame:
 def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """FINISHED runs, newest per (signature, eval settings): a re-evaluation replaces the row it repeats."""
     done = runs[runs["status"] == "FINISHED"].sort_values("start_time")
+    if "tags.signature" not in done:  # runs not logged by gqbench jobs: nothing says two rows are one job
+        return done
     keys = [c for c in ("tags.signature", "metrics.eval_images") if c in done]
-    return done.drop_duplicates(keys, keep="last") if keys else done
+    return done.drop_duplicates(keys, keep="last")
 
 
 def comparison_table(runs: pd.DataFrame, formatted: bool = True) -> pd.DataFrame:

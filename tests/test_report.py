@@ -123,3 +123,42 @@ def test_cli_defaults_runs_dir_from_the_environment_and_reports_folder(tmp_path,
                  "(paths.runs; default $GQBENCH_RUNS or ./runs)", "default: sqlite:///<runs-dir>/mlflow.db",
                  "folder for <experiment>.md/.csv"):
         assert text in " ".join(usage.split()), text
+
+
+def test_rows_sort_by_method_then_numerically_by_rate_size_and_seed():
+    rows = [  # string order would put "16" before "8" and seed "10" before "9"
+        {"tags.signature": s, "status": "FINISHED", "start_time": i, "params.quantizer.name": m,
+         "metrics.bits_per_token": b, "params.seed": seed, "metrics.psnr": float(i)}
+        for i, (s, m, b, seed) in enumerate([("a", "vq", 16.0, "0"), ("b", "gq", 16.0, "10"), ("c", "gq", 8.0, "0"),
+                                             ("d", "gq", 16.0, "9"), ("e", "fsq", float("nan"), "0")])
+    ]
+    raw = report.comparison_table(runs_frame(rows), formatted=False)
+    assert raw["PSNR↑"].tolist() == [4.0, 2.0, 3.0, 1.0, 0.0]  # fsq; gq 8; gq 16 seed 9, seed 10; vq
+    frame = runs_frame(rows).drop(columns=["tags.signature"])  # runs logged without a signature tag
+    assert len(report.finished_runs(frame)) == 5 and report.unfinished_jobs(frame).empty
+
+
+def test_rendered_markdown_is_exactly_the_table_the_failures_and_the_note():
+    frame = runs_frame([
+        {"tags.signature": "A", "status": "FINISHED", "start_time": 1, "metrics.psnr": 25.0},
+        {"tags.signature": "B", "status": "FAILED", "start_time": 2, "tags.error": "boom", "tags.mlflow.runName": "b"},
+    ])[["tags.signature", "status", "start_time", "metrics.psnr", "params.quantizer.name", "tags.error",
+        "tags.mlflow.runName"]]
+    dash = "–"
+    headers = [h for _, h, _ in report.COLUMNS]
+    cells = ["gq"] + [dash] * (headers.index("PSNR↑") - 1) + ["25.00"] + [dash] * (len(headers) - headers.index("PSNR↑") - 1)
+    for header in ("backbone", "seed", "steps"):  # unformatted columns the runs lack stay empty, not invented
+        cells[headers.index(header)] = ""
+    text = report.render("exp", frame)
+    lines = text.split("\n")
+    assert lines[:3] == ["# exp", "", "1 finished job(s)."] and lines[3] == ""
+    header_row = [c.strip() for c in lines[4].strip("|").split("|")]
+    body_row = [c.strip() for c in lines[6].strip("|").split("|")]
+    assert header_row == headers and body_row == cells
+    assert lines[7:10] == ["", "## Failed or interrupted jobs (1)", ""]
+    assert [c.strip() for c in lines[10].strip("|").split("|")] == ["run", "status", "error"]
+    assert [c.strip() for c in lines[12].strip("|").split("|")] == ["b", "FAILED", "boom"]
+    assert lines[13] == "" and lines[14].startswith("PSNR/SSIM: per image on the 0–255 scale, mean over validation "
+                                                   "images; usage/perplexity over all validation indices; KL bits:")
+    assert lines[14].endswith("K, m, groups: the code as built (FSQ: K = ∏ levels); bits/token = groups · log2 K; "
+                              "bpp is nominal.") and lines[15:] == [""]
