@@ -3,6 +3,7 @@ written atomically."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +156,14 @@ def test_json_records_are_sorted_and_indented(tmp_path):
         '{\n  "a": {\n    "c": 2,\n    "d": "' + tmp_path.name + '"\n  },\n  "b": 1\n}')
     write_json(tmp_path / "p.json", {"path": tmp_path})  # non-JSON values are written as text
     assert json.loads((tmp_path / "p.json").read_text()) == {"path": str(tmp_path)}
+
+
+def test_the_temporary_file_is_a_hidden_sibling_of_the_target(tmp_path):
+    """os.replace is atomic only within one file system, and a visible half-written `*.pt` could be picked up:
+    the write goes to `.<name>.<random>.tmp` in the target's own folder."""
+    seen = []
+    atomic_write_bytes(tmp_path / "last.pt", lambda f: seen.extend(tmp_path.iterdir()) or f.write(b"x"))
+    assert len(seen) == 1  # while writing, the folder holds only the temporary file
+    tmp = Path(seen[0])
+    assert tmp.parent == tmp_path and tmp.name.startswith(".last.pt.") and tmp.name.endswith(".tmp")
+    assert (tmp_path / "last.pt").read_bytes() == b"x" and not tmp.exists()
