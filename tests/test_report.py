@@ -82,9 +82,12 @@ def test_cli_reads_a_real_mlflow_store_and_writes_markdown_and_csv(tmp_path, cap
         client.set_terminated(run.info.run_id, status)
     out = tmp_path / "reports"
     assert report.main(["--experiment", "exp", "--tracking-uri", uri, "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert f"written: {out / 'exp.md'}, {out / 'exp.csv'}" in printed.err
     text = (out / "exp.md").read_text()
+    assert text in printed.out
     assert text.startswith("# exp\n") and "1 finished job(s)." in text and "25.12" in text and "20.00" not in text
-    assert "Failed or interrupted jobs (1)" in text and text in capsys.readouterr().out
+    assert "Failed or interrupted jobs (1)" in text
     csv = pd.read_csv(out / "exp.csv")
     assert csv["PSNR↑"].tolist() == [25.123456] and csv["method"].tolist() == ["gq"]  # raw numbers, no index
     assert csv.columns.tolist() == [header for _, header, _ in report.COLUMNS]
@@ -134,6 +137,10 @@ def test_rows_sort_by_method_then_numerically_by_rate_size_and_seed():
     ]
     raw = report.comparison_table(runs_frame(rows), formatted=False)
     assert raw["PSNR↑"].tolist() == [4.0, 2.0, 3.0, 1.0, 0.0]  # fsq; gq 8; gq 16 seed 9, seed 10; vq
+    sized = [{"tags.signature": f"k{i}", "status": "FINISHED", "start_time": i, "metrics.bits_per_token": 16.0,
+              "metrics.codebook_size": k, "metrics.codebook_dim": m, "metrics.psnr": float(i)}
+             for i, (k, m) in enumerate([(16.0, 4.0), (4.0, 2.0), (16.0, 2.0)])]  # same method and rate
+    assert report.comparison_table(runs_frame(sized), formatted=False)["PSNR↑"].tolist() == [1.0, 2.0, 0.0]
     frame = runs_frame(rows).drop(columns=["tags.signature"])  # runs logged without a signature tag
     assert len(report.finished_runs(frame)) == 5 and report.unfinished_jobs(frame).empty
 
