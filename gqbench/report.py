@@ -86,7 +86,8 @@ def render(experiment: str, runs: pd.DataFrame) -> str:
     lines = [f"# {experiment}", "", f"{len(table)} finished job(s).", ""]
     if len(table):
         # the cells are already formatted: tabulate must not re-parse "25.00" as 25 (it drops the digits)
-        lines += [table.to_markdown(index=False, disable_numparse=True), ""]
+        align = ["right" if fmt else "left" for _, _, fmt in COLUMNS]  # numbers right-aligned, as text they are not
+        lines += [table.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
     failed = unfinished_jobs(runs)
     if len(failed):
         lines += [f"## Failed or interrupted jobs ({len(failed)})", "", failed.to_markdown(index=False), ""]

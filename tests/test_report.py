@@ -162,6 +162,8 @@ def test_rendered_markdown_is_exactly_the_table_the_failures_and_the_note():
     header_row = [c.strip() for c in lines[4].strip("|").split("|")]
     body_row = [c.strip() for c in lines[6].strip("|").split("|")]
     assert header_row == headers and body_row == cells
+    rule = [c.strip() for c in lines[5].strip("|").split("|")]
+    assert [r.endswith(":") and not r.startswith(":") for r in rule] == [fmt is not None for _, _, fmt in report.COLUMNS]
     assert lines[7:10] == ["", "## Failed or interrupted jobs (1)", ""]
     assert [c.strip() for c in lines[10].strip("|").split("|")] == ["run", "status", "error"]
     assert [c.strip() for c in lines[12].strip("|").split("|")] == ["b", "FAILED", "boom"]
