@@ -123,11 +123,7 @@ def test_global_stats_are_the_mean_min_and_max_over_every_rank(gloo_group, monke
 
 # ---------------------------------------------------------------------------------------------- VQ
 
-def make_vq(**kw):
-    torch.manual_seed(0)
-    args = dict(codebook_size=16, codebook_dim=3, num_codebooks=2)
-    args.update(kw)
-    return build_quantizer("vq", **args)
+from test_vq import make as make_vq  # noqa: E402  (the VQ tests' seeded small instance)
 
 
 def vq_rows_and_choice(q, h):
