@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gqbench.models.discriminator import PatchDiscriminator
+from gqbench.runtime import average_across_ranks_
 
 __all__ = [
     "GANLoss",
@@ -105,25 +106,25 @@ class ReconstructionLoss(nn.Module):
         # (B, ...) -> (B, 1, ..., 1): a per-image scalar broadcast to every element
         return p.reshape(b, *([1] * (x.ndim - 1)))
 
-    def forward(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         if x.shape != x_hat.shape:
             raise ValueError(f"ReconstructionLoss: x {tuple(x.shape)} and x_hat {tuple(x_hat.shape)} differ in shape")
         diff = x - x_hat
         abs_err, sq_err = diff.abs(), diff.square()
-        stats = {"rec_l1": abs_err.detach().mean().item(), "rec_l2": sq_err.detach().mean().item()}
+        stats = {"rec_l1": abs_err.detach().mean(), "rec_l2": sq_err.detach().mean()}
 
         r = abs_err if self.kind == "l1" else sq_err
         if self.perceptual_weight > 0:
             p = self._perceptual_per_image(x, x_hat)
             r = r + self.perceptual_weight * p
-            stats["perceptual"] = p.detach().mean().item()
+            stats["perceptual"] = p.detach().mean()
 
         if self.logvar is not None:
             r = r / self.logvar.exp() + self.logvar
-            stats["logvar"] = self.logvar.detach().item()
+            stats["logvar"] = self.logvar.detach().clone()
 
         loss = r.sum() / x.shape[0] if self.reduction == "sum" else r.mean()
-        stats["nll"] = loss.detach().item()
+        stats["nll"] = loss.detach()
         return loss, stats
 
 
@@ -151,7 +152,8 @@ def adaptive_gan_weight(
     """λ = ‖∇_W rec_loss‖ / (‖∇_W g_loss‖ + eps) at W = `last_layer`, clamped to [0, max_weight], detached.
 
     Balances the two gradients at the decoder output so the GAN term neither dominates nor vanishes,
-    whatever the scale of the reconstruction loss. Both graphs are kept (retain_graph) for the real
+    whatever the scale of the reconstruction loss. In a multi-process job both gradients are averaged over
+    ranks first, so λ is that of the global batch (taming computes it per rank). Both graphs are kept (retain_graph) for the real
     backward pass that follows. Returns 0 when no graph exists (eval or `torch.no_grad()`), where no
     gradient step will be taken anyway.
     """
@@ -167,6 +169,8 @@ def adaptive_gan_weight(
                 f"produces x_hat (e.g. Decoder.last_layer)"
             )
         grads.append(g)
+    # each rank holds the gradient of its slice's mean loss: their average is the global batch's gradient
+    average_across_ranks_(*grads)
     weight = grads[0].norm() / (grads[1].norm() + eps)
     return weight.clamp(0.0, max_weight).detach()
 
@@ -213,7 +217,7 @@ class GANLoss(nn.Module):
 
     def generator_loss(
         self, x_hat: torch.Tensor, rec_loss: torch.Tensor, last_layer: torch.Tensor, step: int
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """disc_factor · disc_weight · λ · (−mean D(x̂)); a zero tensor before `start_step`."""
         if not self.is_active(step):
             return x_hat.new_zeros(()), {"g_loss": 0.0, "d_weight": 0.0}
@@ -222,11 +226,11 @@ class GANLoss(nn.Module):
             rec_loss, g_loss, last_layer, max_weight=self.max_weight, eps=self.eps
         )
         loss = self.disc_factor * d_weight * g_loss
-        return loss, {"g_loss": g_loss.detach().item(), "d_weight": d_weight.item()}
+        return loss, {"g_loss": g_loss.detach(), "d_weight": d_weight.detach()}
 
     def discriminator_loss(
         self, x: torch.Tensor, x_hat_detached: torch.Tensor, step: int
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """disc_factor · hinge loss on real x and fake x̂; before `start_step` a zero that still supports .backward()."""
         if not self.is_active(step):
             # requires_grad so a trainer can call .backward() unconditionally; D gets no gradient and Adam skips it
@@ -236,7 +240,7 @@ class GANLoss(nn.Module):
         logits_fake = self.discriminator(x_hat_detached.detach())
         loss = self.disc_factor * hinge_d_loss(logits_real, logits_fake)
         return loss, {
-            "d_loss": loss.detach().item(),
-            "logits_real": logits_real.detach().mean().item(),
-            "logits_fake": logits_fake.detach().mean().item(),
+            "d_loss": loss.detach(),
+            "logits_real": logits_real.detach().mean(),
+            "logits_fake": logits_fake.detach().mean(),
         }

@@ -57,6 +57,17 @@ def psnr_ssim_per_image(x: Tensor, x_hat: Tensor) -> tuple[np.ndarray, np.ndarra
     return psnr, ssim
 
 
+def as_numbers(stats: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Stats as Python floats, with one device->host copy for all the tensors among them."""
+    keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
+    numbers = {k: float(v) for k, v in stats.items() if not isinstance(v, torch.Tensor)}
+    if keys:
+        device = stats[keys[0]].device
+        values = torch.stack([stats[k].detach().reshape(()).to(device, torch.float64) for k in keys]).tolist()
+        numbers.update(zip(keys, values))
+    return {k: numbers[k] for k in stats}
+
+
 class CodebookCounter:
     """Accumulates index histograms per sub-codebook: (B, num_codebooks, H, W) int64 batches."""
 

@@ -13,14 +13,16 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+if TYPE_CHECKING:
+    from .jobdir import JobDir
+
 log = logging.getLogger(__name__)
 
-RUN_ID_FILE = "mlflow_run_id"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
@@ -52,12 +54,12 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_location:
 
 
 class Tracker:
-    """One MLflow run for one job. `state_dir` keeps the run id so a resumed job logs into the same run."""
+    """One MLflow run for one job. The job folder keeps the run id so a resumed job logs into the same run."""
 
-    def __init__(self, uri: str | None, experiment: str, runs_dir: Path, state_dir: Path):
+    def __init__(self, uri: str | None, experiment: str, runs_dir: Path, jobdir: "JobDir"):
         self.runs_dir = Path(runs_dir).resolve()
         self.uri = uri or default_tracking_uri(self.runs_dir)
-        self.state_dir = Path(state_dir)
+        self.jobdir = jobdir
         artifact_location = None
         if self.uri.startswith("sqlite:"):
             artifact_location = (self.runs_dir / "mlartifacts" / experiment).as_uri()
@@ -70,7 +72,7 @@ class Tracker:
     def start(self, run_name: str, tags: dict[str, str]) -> str:
         """Resume this job's unfinished run in the same experiment, or create a new one (a finished run is
         never reopened; a job shared by two experiments gets a run in each)."""
-        id_file = self.state_dir / f"{RUN_ID_FILE}.{self.experiment_id}"
+        id_file = self.jobdir.run_id_file(self.experiment_id)
         previous = id_file.read_text().strip() if id_file.exists() else None
         if previous:
             try:
@@ -86,7 +88,7 @@ class Tracker:
         if self.run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            id_file.parent.mkdir(parents=True, exist_ok=True)
             id_file.write_text(self.run_id)
         return self.run_id
 
@@ -112,13 +114,28 @@ class Tracker:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status=status)
 
-    def record_failure(self, error: str, status: str) -> None:
+    def record_failure(self, error: str, status: str, tag: str = "error") -> None:
         """Best effort: the store itself may be what failed, and that must not hide the original error."""
         try:
-            self.set_tags({"error": error[:4000]})
+            self.set_tags({tag: error[:4000]})
             self.end(status)
         except Exception as exc:  # noqa: BLE001
             log.error("MLflow: could not record the failure (%s)", exc)
+
+    @classmethod
+    def record_failure_of_existing_run(cls, uri: str | None, experiment: str, runs_dir: Path, jobdir: "JobDir",
+                                       error: str, status: str, tag: str) -> None:
+        """For a rank other than 0: mark the job's run (written by rank 0) as failed, with this rank's error
+        under `tag`. Best effort, like record_failure; nothing happens when rank 0 never created the run."""
+        try:
+            tracker = cls(uri, experiment, runs_dir, jobdir)
+            id_file = jobdir.run_id_file(tracker.experiment_id)
+            if not id_file.exists():
+                return
+            tracker.run_id = id_file.read_text().strip()
+            tracker.record_failure(error, status, tag=tag)
+        except Exception as exc:  # noqa: BLE001
+            log.error("MLflow: could not record this rank's failure (%s)", exc)
 
 
 def silence_mlflow_noise() -> None:

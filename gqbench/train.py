@@ -10,12 +10,26 @@ Resume: the batch at step s is a pure function of (seed, s) (StepBatchSampler) a
 model (TDC λs included), optimizers, RNG state and step, so on CPU an interrupted run that resumes from its
 last checkpoint ends bit-exactly where an uninterrupted one does (tested). On CUDA it resumes the same
 trajectory up to the non-determinism of cuDNN/atomics (no deterministic mode is forced).
+
+Several processes (gqbench.runtime): the autoencoder is wrapped in DistributedDataParallel; the gradients of
+the parameters outside it (learned log-variance, discriminator) are averaged with one all_reduce each. Rank r
+trains on slice r of each global batch of `train.batch_size` images (the step -> batch map does not depend on
+the world size), every rank draws the same random numbers (runtime docstring), and rank 0 alone logs and
+writes checkpoints. So a run resumes on any world size that divides the batch, and N processes follow the
+1-process trajectory up to float summation order (tested on CPU with gloo). Not equal across world sizes:
+LFQ/BSQ's codebook entropy is a statistic of each rank's batch (as in Open-MAGVIT2 and the BSQ code), and
+dropout masks (off by default) are drawn per rank.
+
+Host syncs: the quantizers return their stats as device tensors and the trainer turns them into numbers only
+on logging steps (one sync for all of them), and checks there that the loss is finite; on other steps a
+training step reads nothing back from the device except what an exact code search needs (kernels: one
+readback per search call; GQ does not search while training).
 """
 from __future__ import annotations
 
 import logging
+import math
 import sys
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -24,11 +38,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from .checkpoint import LAST, load_checkpoint, restore_training_state, save_checkpoint, training_state
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .config import safe_instantiate
+from .jobdir import JobDir
 from .losses import GANLoss, ReconstructionLoss
+from .metrics import as_numbers
 from .models.autoencoder import Autoencoder
 from .perceptual import load_lpips
+from .runtime import Ranks, average_gradients
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +59,27 @@ class StepBatchSampler(Sampler[list[int]]):
     """Yields the batches of steps [start_step, end_step); epoch e is randperm(n) seeded from (seed, e).
 
     The (seed, e) -> generator seed map goes through numpy's SeedSequence, so seed 1 is not seed 0 one epoch
-    later (as it would be with seed + e).
+    later (as it would be with seed + e). With world_size > 1, rank r gets slice r of each global batch of
+    `batch_size` items, so the global batch at each step does not depend on the world size.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, end_step: int):
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, end_step: int,
+                 rank: int = 0, world_size: int = 1):
         if num_items < batch_size:
             raise ValueError(
                 f"train.batch_size={batch_size} is larger than the training set ({num_items} images); "
                 "lower train.batch_size or use more data"
             )
+        if batch_size % world_size:
+            raise ValueError(
+                f"train.batch_size={batch_size} (the global batch) does not split evenly over {world_size} processes; "
+                f"use a batch size divisible by {world_size} or another number of processes"
+            )
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.start_step, self.end_step = start_step, end_step
         self.batches_per_epoch = num_items // batch_size  # drop_last: every batch is full
+        self.local_batch = batch_size // world_size
+        self.offset = rank * self.local_batch
 
     def __len__(self) -> int:
         return max(0, self.end_step - self.start_step)
@@ -63,7 +91,8 @@ class StepBatchSampler(Sampler[list[int]]):
             if e != epoch:
                 epoch_seed = int(np.random.SeedSequence([self.seed, e]).generate_state(1, dtype=np.uint64)[0] >> 1)
                 epoch, perm = e, torch.randperm(self.num_items, generator=torch.Generator().manual_seed(epoch_seed))
-            yield perm[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+            start = i * self.batch_size + self.offset
+            yield perm[start : start + self.local_batch].tolist()
 
 
 class TrainingParts(torch.nn.Module):
@@ -85,17 +114,19 @@ def train(
     cfg: DictConfig,
     model: Autoencoder,
     train_set: Dataset,
-    job_dir: Path,
+    jobdir: JobDir,
     device: torch.device,
     log_metrics: Callable[[dict[str, float], int], None],
+    ranks: Ranks = Ranks(),
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Train to cfg.train.max_steps, resuming from job_dir/last.pt when present. Returns the last step's stats.
+    """Train to cfg.train.max_steps, resuming from the job folder's checkpoint when present. Returns the last
+    step's stats (as numbers). Every rank of a multi-process job calls this; rank 0 logs and checkpoints.
 
     on_step(step) is called after every finished step (tests use it to simulate an interruption).
     """
     tcfg = cfg.train
-    ckpt_path = Path(job_dir) / LAST
+    ckpt_path = jobdir.checkpoint
     parts = TrainingParts(cfg.loss, device).to(device)
     model.to(device)
     opt_ae = safe_instantiate(tcfg.optimizer, path="train.optimizer")(
@@ -116,15 +147,17 @@ def train(
         log.info("resuming from %s at step %d", ckpt_path, start_step)
 
     def checkpoint(step: int, stats: dict[str, float]) -> None:
-        save_checkpoint(ckpt_path, training_state(
-            step, stateful, device, stats=stats, config=OmegaConf.to_container(cfg, resolve=True)))
+        if ranks.is_main:
+            save_checkpoint(ckpt_path, training_state(
+                step, stateful, device, stats=stats, config=OmegaConf.to_container(cfg, resolve=True)))
 
     if start_step >= tcfg.max_steps:
         log.info("training already finished (%d steps): evaluating only", start_step)
         return last_stats
 
     # ---- data -----------------------------------------------------------------------------------
-    sampler = StepBatchSampler(len(train_set), tcfg.batch_size, cfg.seed, start_step, tcfg.max_steps)
+    sampler = StepBatchSampler(len(train_set), tcfg.batch_size, cfg.seed, start_step, tcfg.max_steps,
+                               rank=ranks.rank, world_size=ranks.world_size)
     loader = DataLoader(
         train_set, batch_sampler=sampler, num_workers=tcfg.num_workers, pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # keeps DataLoader from drawing on the global RNG we checkpoint
@@ -138,16 +171,21 @@ def train(
     # ---- loop -----------------------------------------------------------------------------------
     model.train()
     parts.train()
+    model.quantizer.check_finite_inputs = False  # a host sync per step; the loss is checked on logging steps
+    net = model
+    if ranks.distributed:  # buffers (TDC λs, VQ codebook state) are kept equal by the quantizers themselves
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                      broadcast_buffers=False)
     bar = tqdm(total=tcfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True,
-               disable=not sys.stderr.isatty(), mininterval=1.0)
+               disable=not sys.stderr.isatty() or not ranks.is_main, mininterval=1.0)
     step, stats = start_step, last_stats
     for step, x in enumerate(loader, start=start_step):
         x = x.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(x)
+            out = net(x)
             rec_loss, rec_stats = parts.reconstruction(x, out.x_hat)
         loss = rec_loss + out.quant.loss
-        stats = {"loss_rec": rec_loss.item(), **rec_stats, **{f"q_{k}": v for k, v in out.quant.stats.items()}}
+        stats = {"loss_rec": rec_loss.detach(), **rec_stats, **{f"q_{k}": v for k, v in out.quant.stats.items()}}
         if parts.gan is not None:
             g_loss, g_stats = parts.gan.generator_loss(out.x_hat, rec_loss, model.last_layer, step)
             loss = loss + g_loss
@@ -155,31 +193,46 @@ def train(
 
         opt_ae.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(parts.reconstruction.parameters())
         if tcfg.grad_clip:
-            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip).item()
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
         opt_ae.step()
 
         if parts.gan is not None and step >= parts.gan.start_step:
             d_loss, d_stats = parts.gan.discriminator_loss(x, out.x_hat.detach(), step)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
+            average_gradients(parts.gan.parameters())
             opt_d.step()
             stats.update(d_stats)
-        stats["loss"] = loss.item()
+        stats["loss"] = loss.detach()
 
         done = step + 1
-        if done % tcfg.log_every == 0 or done == tcfg.max_steps:
+        logging_step = done % tcfg.log_every == 0 or done == tcfg.max_steps
+        checkpoint_step = done % tcfg.checkpoint_every == 0 or done == tcfg.max_steps
+        if logging_step or checkpoint_step:
+            stats = as_numbers(stats)
+            if not math.isfinite(stats["loss"]):
+                raise FloatingPointError(
+                    f"the training loss is {stats['loss']} at step {done} (stats: {_nonfinite(stats)}); "
+                    "lower train.lr, set train.grad_clip, or check the data")
+        if logging_step:
             log_metrics({f"train/{k}": v for k, v in stats.items()}, done)
             log.info("step %d/%d loss %.4g rec %.4g %s", done, tcfg.max_steps, stats["loss"], stats["loss_rec"],
                      _quantizer_summary(stats))
-        if done % tcfg.checkpoint_every == 0 or done == tcfg.max_steps:
+            bar.set_postfix(loss=f"{stats['loss']:.4g}", refresh=False)
+        if checkpoint_step:
             checkpoint(done, stats)
         bar.update(1)
-        bar.set_postfix(loss=f"{stats['loss']:.4g}", refresh=False)
         if on_step is not None:
             on_step(done)
     bar.close()
-    return stats
+    model.quantizer.check_finite_inputs = True
+    return as_numbers(stats)
+
+
+def _nonfinite(stats: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in stats.items() if not math.isfinite(v)) or "none"
 
 
 def _quantizer_summary(stats: dict[str, float]) -> str:

@@ -131,11 +131,11 @@ class GaussianQuant(Quantizer):
         mu, logvar = h.chunk(2, dim=1)
         return mu, logvar.clamp(*self.logvar_range)
 
-    def _regularize(self, group_bits: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def _regularize(self, group_bits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """TDC on the per-group KL (bits), weighted by kl_weight."""
         tdc_loss, stats = self.tdc(group_bits)
         loss = self.kl_weight * tdc_loss
-        stats["kl_loss"] = loss.item()
+        stats["kl_loss"] = loss.detach()
         return loss, stats
 
     def _search(self, mu: Tensor, logvar: Tensor) -> Tensor:

@@ -155,15 +155,18 @@ class LookupFreeQuant(Quantizer):
             codebook = -(mean_probs * torch.log(mean_probs.clamp_min(1e-12))).sum((-1, -2)).mean()
         return per_sample, codebook
 
-    def _loss(self, z: Tensor, q: Tensor, batch: int) -> tuple[Tensor, dict[str, float]]:
+    def _loss(self, z: Tensor, q: Tensor, batch: int) -> tuple[Tensor, dict[str, Tensor]]:
         per_image = z[0].numel() / self.codebook_dim if self.reduction == "sum" else 1.0  # tokens x groups
         commitment = reduce_loss((z - q.detach()).square(), batch, self.reduction)
         per_sample, codebook = self.entropies(z.movedim(1, -2))  # (B, H, W, G, k)
-        ramp = 1.0 + self.entropy_ramp * max(0.0, 1.0 - int(self.train_steps) / self.entropy_ramp_steps)
+        entropy_weight = self.entropy_weight  # × the ramp, as tensor ops: reading the step counter would sync
+        if self.entropy_ramp:
+            ramp = 1.0 + self.entropy_ramp * (1.0 - self.train_steps.double() / self.entropy_ramp_steps).clamp_min(0.0)
+            entropy_weight = (ramp * self.entropy_weight).float()
         entropy = per_image * (self.sample_weight * per_sample - self.codebook_weight * codebook)
-        loss = self.commitment_weight * commitment + ramp * self.entropy_weight * entropy
-        stats = {"commitment": commitment.item(), "sample_entropy": per_sample.item(),
-                 "codebook_entropy": codebook.item(), "aux_loss": loss.item()}
+        loss = self.commitment_weight * commitment + entropy_weight * entropy
+        stats = {"commitment": commitment.detach(), "sample_entropy": per_sample.detach(),
+                 "codebook_entropy": codebook.detach(), "aux_loss": loss.detach()}
         return loss, stats
 
     def extra_repr(self) -> str:

@@ -39,15 +39,17 @@ def gaussian_kl_bits(mu: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar) * BITS_PER_NAT
 
 
-def _global_stats(bits: Tensor) -> tuple[float, float, float]:
-    """Mean, min and max of `bits` over the batch of every DDP rank (or this process when not distributed)."""
+def _global_stats(bits: Tensor, across_ranks: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean, min and max of `bits` (float64 0-dim tensors, no host sync) over the batch of every DDP rank, or of
+    this process when not distributed or when `across_ranks` is False (evaluation: ranks may see different
+    numbers of batches, so a collective per forward could hang; the evaluator merges the stats instead)."""
     stats = torch.stack([bits.sum(), bits.new_tensor(float(bits.numel()))]).double()
     lo, hi = bits.min().double().reshape(1), bits.max().double().reshape(1)
-    if dist.is_available() and dist.is_initialized():
+    if across_ranks and dist.is_available() and dist.is_initialized():
         dist.all_reduce(stats, op=dist.ReduceOp.SUM)
         dist.all_reduce(lo, op=dist.ReduceOp.MIN)
         dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    return (stats[0] / stats[1]).item(), lo.item(), hi.item()
+    return stats[0] / stats[1], lo[0], hi[0]
 
 
 class TargetDivergenceConstraint(nn.Module):
@@ -84,29 +86,34 @@ class TargetDivergenceConstraint(nn.Module):
         w = torch.where(group_bits > upper, ones * self.lam_max.to(group_bits.dtype), ones)
         return torch.where(group_bits < lower, ones * self.lam_min.to(group_bits.dtype), w).detach()
 
-    def forward(self, group_bits: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """group_bits: (B, ...) KL per group in bits. Returns (loss, stats); updates the λs in training mode."""
+    def forward(self, group_bits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """group_bits: (B, ...) KL per group in bits. Returns (loss, stats as detached 0-dim tensors); updates
+        the λs in training mode. No host sync: the controller's decisions are tensor ops on the device."""
         batch = group_bits.shape[0]
         loss = self.lam.to(group_bits.dtype) * (self.weights(group_bits) * group_bits).sum() / batch
-        mean, lo, hi = _global_stats(group_bits.detach())
+        mean, lo, hi = _global_stats(group_bits.detach(), across_ranks=self.training)
         in_band = (group_bits.detach() - self.target_bits).abs() <= self.tolerance
-        stats = {
-            "bits_mean": mean, "bits_min": lo, "bits_max": hi, "bits_in_band": in_band.float().mean().item(),
-            "lam": self.lam.item(), "lam_min": self.lam_min.item(), "lam_max": self.lam_max.item(),
+        stats = {  # the λs as used for this loss (clones: the update below changes the buffers in place)
+            "bits_mean": mean, "bits_min": lo, "bits_max": hi, "bits_in_band": in_band.float().mean(),
+            "lam": self.lam.clone(), "lam_min": self.lam_min.clone(), "lam_max": self.lam_max.clone(),
         }
         if group_bits.dim() > 1 and group_bits.shape[1] > 1:  # (B, G, ...): the mean KL of each latent group
             per_group = group_bits.detach().transpose(0, 1).reshape(group_bits.shape[1], -1).mean(1)
-            stats.update({f"bits_mean/{j}": v for j, v in enumerate(per_group.tolist())})
+            stats.update({f"bits_mean/{j}": v for j, v in enumerate(per_group.unbind())})
         if self.training:
             self._update(mean, lo, hi)
         return loss, stats
 
     @torch.no_grad()
-    def _update(self, mean: float, lo: float, hi: float) -> None:
+    def _update(self, mean: Tensor, lo: Tensor, hi: Tensor) -> None:
         f = self.lam_factor
-        self.lam.mul_(f if mean > self.target_bits else 1.0 / f)
-        self.lam_max.mul_(f if hi > self.target_bits + self.tolerance else 1.0 / f).clamp_(*self.lam_max_range)
-        self.lam_min.mul_(1.0 / f if lo < self.target_bits - self.tolerance else f).clamp_(*self.lam_min_range)
+
+        def factor(up: Tensor) -> Tensor:  # f where `up`, 1/f elsewhere, in float64 (a float32 f drifts)
+            return torch.where(up, torch.full_like(self.lam, f), torch.full_like(self.lam, 1.0 / f))
+
+        self.lam.mul_(factor(mean > self.target_bits))
+        self.lam_max.mul_(factor(hi > self.target_bits + self.tolerance)).clamp_(*self.lam_max_range)
+        self.lam_min.mul_(factor(lo >= self.target_bits - self.tolerance)).clamp_(*self.lam_min_range)
 
     def extra_repr(self) -> str:
         return f"target_bits={self.target_bits:g}, tolerance={self.tolerance:g}, lam_factor={self.lam_factor:g}"

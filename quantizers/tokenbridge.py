@@ -82,12 +82,12 @@ class TokenBridge(GaussianQuant):
     def _decode(self, indices: Tensor) -> Tensor:
         return groups_to_channels(self.codebook[indices] * (self.value_range / self.std_range))
 
-    def _regularize(self, group_bits: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def _regularize(self, group_bits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         if self.regularizer == "tdc":
             return super()._regularize(group_bits)
         loss = self.kl_weight * group_bits.sum() / group_bits.shape[0]
-        mean, lo, hi = _global_stats(group_bits.detach())
-        return loss, {"bits_mean": mean, "bits_min": lo, "bits_max": hi, "kl_loss": loss.item()}
+        mean, lo, hi = _global_stats(group_bits.detach(), across_ranks=self.training)
+        return loss, {"bits_mean": mean, "bits_min": lo, "bits_max": hi, "kl_loss": loss.detach()}
 
     def _search(self, mu: Tensor, logvar: Tensor) -> Tensor:
         b, _, hh, ww = mu.shape

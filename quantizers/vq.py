@@ -54,6 +54,17 @@ def _all_reduce_sum_(*tensors: Tensor) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
+def _counts(indices: Tensor, size: int) -> Tensor:
+    """How often each of `size` codes occurs in `indices`, as float32. Unlike torch.bincount (which reads the
+    maximum back to size its output on CUDA) this never syncs with the host; counts are exact below 2^24."""
+    return torch.zeros(size, device=indices.device).index_add_(0, indices, torch.ones(indices.shape, device=indices.device))
+
+
+def _forget_initialized_cache(module: "VectorQuant", _incompatible_keys) -> None:
+    # a loaded state dict may say "not initialised yet": re-read the buffer on the next training forward
+    module._initialized_cache = False
+
+
 def _broadcast_from_rank0_(*tensors: Tensor) -> None:
     if _distributed():
         for t in tensors:
@@ -126,13 +137,18 @@ class VectorQuant(Quantizer):
         if self.ema_update:
             self.register_buffer("embed_sum", codebook.clone())  # EMA sums s_k
         self.register_buffer("initialized", torch.tensor(init == "uniform"))
+        # python mirror of the buffer, so a training forward does not read it back (a host sync) every step
+        self._initialized_cache = init == "uniform"
+        self.register_load_state_dict_post_hook(_forget_initialized_cache)
 
     # -- the three interface methods ------------------------------------------------------------
 
     def forward(self, h: Tensor) -> QuantizerOutput:
         z = self._rows(h)  # (B*G*H*W, m) fp32
-        if self.training and not bool(self.initialized):
-            self._kmeans_init(z.detach())
+        if self.training and not self._initialized_cache:
+            if not bool(self.initialized):
+                self._kmeans_init(z.detach())
+            self._initialized_cache = True
         codebook = self.codes()
         indices = self._search(z, codebook)
         z_q = codebook[indices]
@@ -141,7 +157,7 @@ class VectorQuant(Quantizer):
         idx = indices.view(grid)
         if not self.training:
             return QuantizerOutput(z_q=self._decode(idx), indices=idx, loss=loss, stats=stats)
-        stats["batch_usage"] = torch.unique(indices).numel() / self.codebook_size
+        stats["batch_usage"] = (_counts(indices, self.codebook_size) > 0).float().mean()
         z_st = z + (z_q - z).detach()  # straight-through: identity gradient to the encoder
         self._update_codebook(z.detach(), indices, stats)
         return QuantizerOutput(z_q=groups_to_channels(z_st.view(*grid, self.codebook_dim)), indices=idx,
@@ -171,7 +187,7 @@ class VectorQuant(Quantizer):
         return kernels.nearest_code(z.contiguous(), codebook.contiguous(),
                                     exact=self.search_exact, backend=self.search_backend)
 
-    def _loss(self, z: Tensor, z_q: Tensor, batch: int) -> tuple[Tensor, dict[str, float]]:
+    def _loss(self, z: Tensor, z_q: Tensor, batch: int) -> tuple[Tensor, dict[str, Tensor]]:
         def distance(a: Tensor, b: Tensor) -> Tensor:
             return reduce_loss((a - b).square(), batch, self.reduction)
 
@@ -183,14 +199,14 @@ class VectorQuant(Quantizer):
         loss = w_commit * commitment
         if not self.ema_update:
             loss = loss + w_codebook * codebook_term
-        stats = {"commitment": commitment.item(), "vq_loss": loss.item()}
+        stats = {"commitment": commitment.detach(), "vq_loss": loss.detach()}
         return loss, stats
 
     @torch.no_grad()
-    def _update_codebook(self, z: Tensor, indices: Tensor, stats: dict[str, float]) -> None:
+    def _update_codebook(self, z: Tensor, indices: Tensor, stats: dict[str, Tensor]) -> None:
         """EMA counts (every mode), the EMA codebook (ema_update), dead-code re-seeding (threshold > 0)."""
         K = self.codebook_size
-        counts = torch.bincount(indices, minlength=K).to(z.dtype)
+        counts = _counts(indices, K)
         sums = torch.zeros_like(self.codebook).index_add_(0, indices, z) if self.ema_update else None
         _all_reduce_sum_(*[t for t in (counts, sums) if t is not None])
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
@@ -199,34 +215,36 @@ class VectorQuant(Quantizer):
             total = self.cluster_size.sum()
             smoothed = (self.cluster_size + self.eps) / (total + K * self.eps) * total
             self.codebook.copy_(self.embed_sum / smoothed[:, None])
-        stats["active_codes"] = (self.cluster_size >= max(self.dead_code_threshold, 1e-3)).float().mean().item()
-        stats["restarted_codes"] = float(self._restart_dead_codes(z, unused=counts == 0))
+        stats["active_codes"] = (self.cluster_size >= max(self.dead_code_threshold, 1e-3)).float().mean()
+        stats["restarted_codes"] = self._restart_dead_codes(z, unused=counts == 0)
 
-    def _restart_dead_codes(self, z: Tensor, unused: Tensor) -> int:
+    def _restart_dead_codes(self, z: Tensor, unused: Tensor) -> Tensor:
+        """Re-seed dead codewords with distinct batch rows; returns how many (a 0-dim tensor).
+
+        Without a host sync: a candidate row is drawn for every codeword and torch.where keeps it only for
+        the dead ones (the number of dead codes is never read back)."""
         if self.dead_code_threshold <= 0:
-            return 0
+            return torch.zeros((), device=z.device)
         # Only codewords no row picked in this batch: their gradient in this step is exactly zero whatever
         # their value, so re-seeding them through .data (below) cannot corrupt the pending backward pass
         # (F.normalize saved the codebook for it when l2_norm is on).
         dead = (self.cluster_size < self.dead_code_threshold) & unused
         if _distributed():  # every rank must re-seed the same codewords with the same vectors
             dist.broadcast(dead, src=0)
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return 0
-        fresh = self._sample_rows(z, n_dead)
+        fresh = self._sample_rows(z, self.codebook_size)
         _broadcast_from_rank0_(fresh)
+        column = dead[:, None]
         if self.l2_norm:
             # .data: F.normalize saved the codebook for the pending backward, and a version bump would make
             # autograd refuse it. The kernels' feature cache (keyed on the version) is not involved: with
             # l2_norm the search sees a new normalised tensor on every call.
-            self.codebook.data[dead] = fresh
+            self.codebook.data.copy_(torch.where(column, fresh, self.codebook.data))
         else:
-            self.codebook[dead] = fresh  # bumps the version: the kernels rebuild the codebook features
-        self.cluster_size[dead] = self.dead_code_threshold
+            self.codebook.copy_(torch.where(column, fresh, self.codebook))  # a version bump: features rebuilt
+        self.cluster_size.copy_(torch.where(dead, self.dead_code_threshold, self.cluster_size))
         if self.ema_update:
-            self.embed_sum[dead] = fresh * self.dead_code_threshold
-        return n_dead
+            self.embed_sum.copy_(torch.where(column, fresh * self.dead_code_threshold, self.embed_sum))
+        return dead.sum().float()
 
     def _sample_rows(self, z: Tensor, n: int) -> Tensor:
         """n distinct rows of z (no replacement), or, with fewer rows than n, z tiled plus small noise: the

@@ -220,7 +220,7 @@ def test_gan_loss_on_from_start_step():
     (gr,) = torch.autograd.grad(rec, last, retain_graph=True)
     (gg,) = torch.autograd.grad(-logits.mean(), last, retain_graph=True)
     assert g_stats["d_weight"] == pytest.approx(0.75 * (gr.norm() / (gg.norm() + 1e-4)).item(), rel=1e-4)
-    assert g_loss.item() == pytest.approx(g_stats["d_weight"] * g_stats["g_loss"], rel=1e-5)
+    assert g_loss.item() == pytest.approx(float(g_stats["d_weight"] * g_stats["g_loss"]), rel=1e-5)
     g_loss.backward()
     assert last.grad is not None and last.grad.abs().sum() > 0
 

@@ -14,7 +14,7 @@ from omegaconf import open_dict
 
 from conftest import FAST_OVERRIDES, ROOT, assert_metrics_recompute, compose_config
 from gqbench.checkpoint import load_checkpoint
-from gqbench.sweep import run_job
+from gqbench.job import run_job
 from gqbench.tracking import default_tracking_uri
 
 pytestmark = pytest.mark.job  # every test here runs whole jobs
@@ -239,7 +239,7 @@ def test_sigterm_is_recorded_as_killed_and_the_job_folder_is_exclusive(fast_cfg,
     import os
     import signal
 
-    from gqbench.sweep import Terminated
+    from gqbench.runtime import Terminated
 
     def terminate_at_step_3(step):
         if step == 3:

@@ -152,7 +152,7 @@ def test_lfq_loss_is_commitment_plus_weighted_entropies_with_the_sum_convention(
     commit = (z - torch.where(z > 0, 1.0, -1.0)).square()
     assert summed.stats["commitment"] == pytest.approx(commit.sum().item() / 3, rel=1e-5)
     assert mean.stats["commitment"] == pytest.approx(commit.mean().item(), rel=1e-5)
-    h_s, h_c = summed.stats["sample_entropy"], summed.stats["codebook_entropy"]
+    h_s, h_c = float(summed.stats["sample_entropy"]), float(summed.stats["codebook_entropy"])
     tokens = 2 * 2 * 5  # groups x positions per image
     assert summed.loss.item() == pytest.approx(0.25 * commit.sum().item() / 3 + 0.1 * tokens * (h_s - h_c), rel=1e-5)
     assert mean.loss.item() == pytest.approx(0.25 * commit.mean().item() + 0.1 * (h_s - h_c), rel=1e-5)

@@ -10,7 +10,7 @@ import torch
 from conftest import assert_metrics_recompute, compose_config
 from gqbench.models.autoencoder import build_autoencoder
 from gqbench.models.vit import ViTDecoder, ViTEncoder
-from gqbench.sweep import run_job
+from gqbench.job import run_job
 from quantizers import build_quantizer
 
 SMALL = dict(resolution=32, patch_size=4, width=32, layers=2, heads=4)

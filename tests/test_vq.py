@@ -111,7 +111,7 @@ def test_ema_update_follows_the_smoothed_moving_average_and_the_codebook_has_no_
     assert unused.any(), "need an unused codeword to check it stays put"
     assert torch.allclose(q.codebook.detach()[unused], before[unused], rtol=1e-3)
     # only the commitment term: beta * ||z - sg(z_q)||^2 / B
-    assert out.loss.item() == pytest.approx(0.25 * out.stats["commitment"], rel=1e-6)
+    assert out.loss.item() == pytest.approx(0.25 * float(out.stats["commitment"]), rel=1e-6)
 
 
 def test_dead_codes_are_reseeded_with_encoder_outputs():

@@ -20,14 +20,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gqbench.runtime import average_across_ranks_, is_distributed
+
 __all__ = ["ActNorm", "PatchDiscriminator"]
 
 
 class ActNorm(nn.Module):
     """Per-channel affine y = scale · (x + loc), initialised from the first batch it sees.
 
-    Under DDP every rank would initialise from its own batch; run one forward before wrapping (or broadcast
-    the parameters after it) so that ranks agree.
+    In a multi-process job the statistics are those of every rank's batch together (equal batch sizes), so
+    every rank starts from the same parameters, the ones a single process with the global batch would get.
     """
 
     def __init__(self, num_features: int, *, eps: float = 1e-6):
@@ -44,8 +46,13 @@ class ActNorm(nn.Module):
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
         # statistics over batch and space, per channel
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+        if is_distributed():  # the global batch's moments (E[x²] − E[x]² loses a few ulps against x.std)
+            moments = torch.stack([x.mean(dim=(0, 2, 3), keepdim=True), x.square().mean(dim=(0, 2, 3), keepdim=True)])
+            average_across_ranks_(moments)
+            mean, std = moments[0], (moments[1] - moments[0].square()).clamp_min(0).sqrt()
+        else:
+            mean = x.mean(dim=(0, 2, 3), keepdim=True)
+            std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
         self.loc.copy_(-mean)
         self.scale.copy_(1.0 / (std + self.eps))
         self.initialized.fill_(1)
