@@ -2,10 +2,10 @@
 the continuous path where the method has one), codebook usage/entropy/perplexity, the quantizer's own stats
 (TDC bits for GQ), and a reconstruction grid PNG.
 
-In a multi-process job every rank evaluates a contiguous shard of the images and the per-rank results merge
-in one collective at the end (gather_objects), so ranks that see different numbers of batches cannot hang and
-the merged per-image lists are in the 1-process order. The quantized path's metrics equal a 1-process
-evaluation; GQ's continuous path draws a posterior sample, and the ranks' noise differs from one process's.
+In a multi-process job rank r evaluates batches r, r + W, r + 2W, ... and the per-rank results merge in one
+collective at the end (gather_objects), so ranks that see different numbers of batches cannot hang. Batch b
+is always the same images, and the RNG is seeded from (seed, b) before it (GQ's continuous path draws a
+posterior sample), so every metric is the same for any number of processes.
 
 rFID and LPIPS arrive with the evaluation issue: they plug in as further per-batch accumulators here.
 """
@@ -57,12 +57,15 @@ class StatAccumulator:
         return {k: (v if k.endswith(("_min", "_max")) else v / max(self.count, 1)) for k, v in self.sums.items()}
 
 
-def shard(n: int) -> range:
-    """This rank's contiguous share of n items (all of them in a single process)."""
-    if not is_distributed():
-        return range(n)
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return range(rank * n // world, (rank + 1) * n // world)
+def my_batches(n: int, batch_size: int) -> list[tuple[int, list[int]]]:
+    """(batch number, item indices) of the batches of n items that this rank evaluates: every W-th one."""
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if is_distributed() else (0, 1)
+    return [(b, batches[b]) for b in range(rank, len(batches), world)]
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 @torch.no_grad()
@@ -87,38 +90,39 @@ def evaluate(
         raise ValueError("the validation split is empty; check the data config")
     image_size = val_set[0].shape[-1]
     model.eval().to(device)
-    torch.manual_seed(seed)  # GQ's continuous path draws a posterior sample: make it reproducible
 
     q = model.quantizer
     counter = M.CodebookCounter(q.codebook_size, q.num_codebooks)
     quant_stats = StatAccumulator()
-    psnr, ssim, psnr_c, ssim_c = [], [], [], []
+    per_batch: dict[int, tuple[list, list, list, list]] = {}  # batch number -> per-image psnr, ssim (+ continuous)
     grid_rows: list[torch.Tensor] = []
     tokens_per_image = None
-    loader = DataLoader(Subset(val_set, shard(len(val_set))), batch_size=batch_size, shuffle=False)
-    for x in tqdm(loader, desc="eval", disable=not sys.stderr.isatty(), dynamic_ncols=True):
+    batches = my_batches(len(val_set), batch_size)
+    loader = DataLoader(val_set, batch_sampler=[indices for _, indices in batches])
+    for (b, _), x in tqdm(zip(batches, loader), total=len(batches), desc="eval", disable=not sys.stderr.isatty(),
+                          dynamic_ncols=True):
         x = x.to(device)
+        torch.manual_seed(batch_seed(seed, b))  # GQ's continuous path draws a posterior sample
         out = model(x)
         p, s = M.psnr_ssim_per_image(x, out.x_hat)
-        psnr.extend(p), ssim.extend(s)
-        if out.x_hat_continuous is not None:
-            p, s = M.psnr_ssim_per_image(x, out.x_hat_continuous)
-            psnr_c.extend(p), ssim_c.extend(s)
+        p_c, s_c = M.psnr_ssim_per_image(x, out.x_hat_continuous) if out.x_hat_continuous is not None else ([], [])
+        per_batch[b] = (list(p), list(s), list(p_c), list(s_c))
         counter.update(out.quant.indices)
         quant_stats.update(out.quant.stats, len(x))
         tokens_per_image = out.quant.indices.shape[2] * out.quant.indices.shape[3]
-        if not grid_rows:
+        if b == 0:
             k = min(grid_images, len(x))
             grid_rows = [x[:k], out.x_hat[:k]] + ([out.x_hat_continuous[:k]] if out.x_hat_continuous is not None else [])
 
-    shards = gather_objects((psnr, ssim, psnr_c, ssim_c, counter.counts, quant_stats, tokens_per_image))
-    psnr, ssim, psnr_c, ssim_c = ([v for part in shards for v in part[i]] for i in range(4))
+    shards = gather_objects((per_batch, counter.counts, quant_stats, tokens_per_image))
+    merged = {b: lists for part in shards for b, lists in part[0].items()}
+    psnr, ssim, psnr_c, ssim_c = ([v for b in sorted(merged) for v in merged[b][i]] for i in range(4))
     counter = M.CodebookCounter(q.codebook_size, q.num_codebooks)
     quant_stats = StatAccumulator()
     for part in shards:
-        counter.merge_(part[4])
-        quant_stats.merge(part[5])
-    tokens_per_image = next(part[6] for part in shards if part[6] is not None)
+        counter.merge_(part[1])
+        quant_stats.merge(part[2])
+    tokens_per_image = next(part[3] for part in shards if part[3] is not None)
 
     results: dict[str, float] = {"eval_images": float(len(psnr))}
     results[M.PSNR], results[M.PSNR_STD] = M.summarize(psnr)

@@ -57,15 +57,17 @@ def psnr_ssim_per_image(x: Tensor, x_hat: Tensor) -> tuple[np.ndarray, np.ndarra
     return psnr, ssim
 
 
-def as_numbers(stats: dict[str, torch.Tensor | float]) -> dict[str, float]:
-    """Stats as Python floats, with one device->host copy for all the tensors among them."""
-    keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
-    numbers = {k: float(v) for k, v in stats.items() if not isinstance(v, torch.Tensor)}
-    if keys:
-        device = stats[keys[0]].device
-        values = torch.stack([stats[k].detach().reshape(()).to(device, torch.float64) for k in keys]).tolist()
-        numbers.update(zip(keys, values))
-    return {k: numbers[k] for k in stats}
+def as_numbers(stats: dict[str, Tensor | float], reduce=None) -> dict[str, float]:
+    """Stats as Python floats, with one device->host copy for all of them. `reduce`, if given, is applied in
+    place to the stacked float64 vector first (the trainer averages it over ranks)."""
+    keys = list(stats)
+    if not keys:
+        return {}
+    device = next((v.device for v in stats.values() if isinstance(v, Tensor)), torch.device("cpu"))
+    vector = torch.stack([torch.as_tensor(stats[k]).detach().reshape(()).to(device, torch.float64) for k in keys])
+    if reduce is not None:
+        reduce(vector)
+    return dict(zip(keys, vector.tolist()))
 
 
 class CodebookCounter:

@@ -47,7 +47,7 @@ from .losses import GANLoss, ReconstructionLoss
 from .metrics import as_numbers
 from .models.autoencoder import Autoencoder
 from .perceptual import load_lpips
-from .runtime import Ranks, average_gradients
+from .runtime import Ranks, average_across_ranks_, average_gradients
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def train(
     net = model
     if ranks.distributed:  # buffers (TDC λs, VQ codebook state) are kept equal by the quantizers themselves
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                      broadcast_buffers=False)
+                                      forward_sync_buffers=False)
     bar = tqdm(total=tcfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True,
                disable=not sys.stderr.isatty() or not ranks.is_main, mininterval=1.0)
     step, stats = start_step, last_stats
@@ -211,15 +211,16 @@ def train(
         logging_step = done % tcfg.log_every == 0 or done == tcfg.max_steps
         checkpoint_step = done % tcfg.checkpoint_every == 0 or done == tcfg.max_steps
         if logging_step or checkpoint_step:
-            stats = as_numbers(stats)
+            stats = as_numbers(stats, reduce=average_across_ranks_)  # the global batch's stats, on every rank
             if not math.isfinite(stats["loss"]):
                 raise FloatingPointError(
                     f"the training loss is {stats['loss']} at step {done} (stats: {_nonfinite(stats)}); "
                     "lower train.lr, set train.grad_clip, or check the data")
         if logging_step:
             log_metrics({f"train/{k}": v for k, v in stats.items()}, done)
-            log.info("step %d/%d loss %.4g rec %.4g %s", done, tcfg.max_steps, stats["loss"], stats["loss_rec"],
-                     _quantizer_summary(stats))
+            if ranks.is_main:
+                log.info("step %d/%d loss %.4g rec %.4g %s", done, tcfg.max_steps, stats["loss"], stats["loss_rec"],
+                         _quantizer_summary(stats))
             bar.set_postfix(loss=f"{stats['loss']:.4g}", refresh=False)
         if checkpoint_step:
             checkpoint(done, stats)

@@ -1,6 +1,8 @@
 """Helpers shared by the quantizer modules: argument checks and the channel <-> group layout."""
 from __future__ import annotations
 
+import torch
+import torch.distributed as dist
 from torch import Tensor
 
 
@@ -60,3 +62,16 @@ def groups_to_channels(g: Tensor) -> Tensor:
     """(B, G, H, W, m) -> (B, m*G, H, W); the inverse of channels_to_groups."""
     b, ng, h, w, m = g.shape
     return g.permute(0, 4, 1, 2, 3).reshape(b, m * ng, h, w)
+
+
+def batch_randn_like(x: Tensor) -> Tensor:
+    """torch.randn_like(x) for a (B, ...) tensor that is this rank's slice of a multi-process training batch.
+
+    Every rank draws the noise of the whole global batch (W·B rows; every rank's generator is in the same
+    state) and keeps its own slice, so the draws, and the generator state afterwards, are those of one process
+    training on the global batch. Needs equal slices on every rank (the trainer splits the batch evenly)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return torch.randn_like(x)
+    world, rank, b = dist.get_world_size(), dist.get_rank(), x.shape[0]
+    full = torch.randn((world * b, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    return full[rank * b : (rank + 1) * b]

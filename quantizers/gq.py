@@ -26,7 +26,7 @@ from torch import Tensor
 
 import kernels
 
-from ._utils import channels_to_groups, check, check_codebook_size, groups_to_channels, whole_bits
+from ._utils import batch_randn_like, channels_to_groups, check, check_codebook_size, groups_to_channels, whole_bits
 from .base import Quantizer, QuantizerOutput
 from .registry import register_quantizer
 from .tdc import TargetDivergenceConstraint, gaussian_kl_bits
@@ -106,7 +106,8 @@ class GaussianQuant(Quantizer):
         mu, logvar = self._posterior(h)
         group_bits = channels_to_groups(gaussian_kl_bits(mu, logvar), self.num_codebooks).sum(-1)  # (B, G, H, W)
         loss, stats = self._regularize(group_bits)
-        sample = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+        noise = batch_randn_like(mu) if self.training else torch.randn_like(mu)
+        sample = mu + (0.5 * logvar).exp() * noise
         if self.training:
             return QuantizerOutput(z_q=sample, indices=None, loss=loss, stats=stats)
         indices = self._search(mu, logvar)

@@ -27,8 +27,9 @@ Switches (all constructor arguments, all off by default = VQGAN):
 
 reduction="sum" sums the loss over latent elements and divides by the batch, the same convention as the
 paper's summed reconstruction NLL (conf/loss: reduction), so the weights keep their meaning relative to it;
-"mean" is taming's per-element mean. Under torch.distributed, counts and sums are all-reduced and every
-random re-seeding is done on rank 0 and broadcast, so all ranks hold the same codebook.
+"mean" is taming's per-element mean. Under torch.distributed, counts and sums are all-reduced, and k-means
+and re-seeding draw from the global batch's rows (all-gathered) with the same RNG state on every rank, so all
+ranks hold the same codebook, the one a single process would hold for the same global batch.
 """
 from __future__ import annotations
 
@@ -65,10 +66,14 @@ def _forget_initialized_cache(module: "VectorQuant", _incompatible_keys) -> None
     module._initialized_cache = False
 
 
-def _broadcast_from_rank0_(*tensors: Tensor) -> None:
-    if _distributed():
-        for t in tensors:
-            dist.broadcast(t, src=0)
+def _global_rows(z: Tensor) -> Tensor:
+    """The rows of every rank's batch, in rank order (= the rows one process would see for the global batch);
+    every rank gets the same tensor. Needs equal row counts on every rank (the trainer splits batches evenly)."""
+    if not _distributed():
+        return z
+    parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, z.contiguous())
+    return torch.cat(parts)
 
 
 @register_quantizer("vq")
@@ -157,7 +162,6 @@ class VectorQuant(Quantizer):
         idx = indices.view(grid)
         if not self.training:
             return QuantizerOutput(z_q=self._decode(idx), indices=idx, loss=loss, stats=stats)
-        stats["batch_usage"] = (_counts(indices, self.codebook_size) > 0).float().mean()
         z_st = z + (z_q - z).detach()  # straight-through: identity gradient to the encoder
         self._update_codebook(z.detach(), indices, stats)
         return QuantizerOutput(z_q=groups_to_channels(z_st.view(*grid, self.codebook_dim)), indices=idx,
@@ -209,6 +213,7 @@ class VectorQuant(Quantizer):
         counts = _counts(indices, K)
         sums = torch.zeros_like(self.codebook).index_add_(0, indices, z) if self.ema_update else None
         _all_reduce_sum_(*[t for t in (counts, sums) if t is not None])
+        stats["batch_usage"] = (counts > 0).float().mean()  # of the global batch
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if self.ema_update:
             self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
@@ -228,11 +233,9 @@ class VectorQuant(Quantizer):
         # Only codewords no row picked in this batch: their gradient in this step is exactly zero whatever
         # their value, so re-seeding them through .data (below) cannot corrupt the pending backward pass
         # (F.normalize saved the codebook for it when l2_norm is on).
+        # identical on every rank: synced counts, the global batch's rows, the same RNG state (gqbench.runtime)
         dead = (self.cluster_size < self.dead_code_threshold) & unused
-        if _distributed():  # every rank must re-seed the same codewords with the same vectors
-            dist.broadcast(dead, src=0)
-        fresh = self._sample_rows(z, self.codebook_size)
-        _broadcast_from_rank0_(fresh)
+        fresh = self._sample_rows(_global_rows(z), self.codebook_size)
         column = dead[:, None]
         if self.l2_norm:
             # .data: F.normalize saved the codebook for the pending backward, and a version bump would make
@@ -257,8 +260,10 @@ class VectorQuant(Quantizer):
 
     @torch.no_grad()
     def _kmeans_init(self, z: Tensor) -> None:
-        """Lloyd's k-means on the first training batch (rank 0's, broadcast); empty clusters keep their seed."""
+        """Lloyd's k-means on the first training batch (the global batch: every rank computes the same);
+        empty clusters keep their seed."""
         K = self.codebook_size
+        z = _global_rows(z)
         centers = self._sample_rows(z, K)
         for _ in range(self.kmeans_iters):
             assign = kernels.nearest_code(z.contiguous(), centers.contiguous(), backend=self.search_backend)
@@ -267,7 +272,6 @@ class VectorQuant(Quantizer):
             centers = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centers)
             if self.l2_norm:
                 centers = F.normalize(centers, dim=-1)
-        _broadcast_from_rank0_(centers)
         self.codebook.copy_(centers)
         if self.ema_update:
             self.embed_sum.copy_(centers)

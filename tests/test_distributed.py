@@ -1,7 +1,8 @@
 """Two real ranks (gloo on CPU): the quantizers' shared state stays identical across ranks fed different data.
 
-VQ all-reduces its counts and sums and re-seeds codewords from rank 0; TDC all-reduces the batch KL statistics
-before every λ update. Without that, ranks would drift apart and a checkpoint would depend on which rank wrote it.
+VQ all-reduces its counts and sums and re-seeds codewords from the all-gathered global batch; TDC all-reduces the
+batch KL statistics before every λ update. Without that, ranks would drift apart and a checkpoint would depend on
+which rank wrote it. As in a gqbench job (gqbench.runtime), every rank's global RNG is in the same state.
 """
 from __future__ import annotations
 
@@ -33,10 +34,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         vq = build_quantizer("vq", codebook_size=16, codebook_dim=2, num_codebooks=2, init="kmeans",
                              ema_update=True, dead_code_threshold=0.8, decay=0.5).train()
         gq = build_quantizer("gq", codebook_size=16, codebook_dim=2, num_codebooks=2).train()
-        torch.manual_seed(100 + rank)  # ... but each rank its own data and its own random draws
+        data = torch.Generator().manual_seed(100 + rank)  # ... but each rank its own data
         for step in range(4):
-            vq(torch.randn(2, 4, 3, 3) * (1 + rank))
-            gq(torch.randn(2, 8, 3, 3) * (1 + 3 * rank))
+            vq(torch.randn(2, 4, 3, 3, generator=data) * (1 + rank))
+            gq(torch.randn(2, 8, 3, 3, generator=data) * (1 + 3 * rank))
         # the controller's batch statistics are those of all ranks' groups together (shapes differ per rank)
         bits = torch.tensor([[3.0, 5.0], [2.0, 6.0]]) if rank == 0 else torch.tensor([[9.0, 1.5, 7.0]])
         torch.save(_global_stats(bits), os.path.join(out_dir, f"stats{rank}.pt"))

@@ -17,7 +17,7 @@ import kernels
 from quantizers import build_quantizer
 from quantizers.gq import gaussian_codebook
 from quantizers.tdc import TargetDivergenceConstraint, _global_stats
-from quantizers.vq import _all_reduce_sum_, _broadcast_from_rank0_
+from quantizers.vq import _all_reduce_sum_, _global_rows
 
 LN2 = math.log(2.0)
 
@@ -95,19 +95,26 @@ def simulated_peer(monkeypatch, reduce_values=(), broadcast_values=()):
     return reduces, broadcasts
 
 
-def test_vq_collectives_sum_over_ranks_and_take_rank0s_tensors(gloo_group, monkeypatch):
+def test_vq_collectives_sum_over_ranks_and_gather_the_global_rows_in_rank_order(gloo_group, monkeypatch):
     a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0])
     _all_reduce_sum_(a, b)  # one rank: the sum is its own tensors
-    _broadcast_from_rank0_(a, b)  # this process is rank 0: it keeps its tensors
+    rows = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert torch.equal(_global_rows(rows), rows)
     assert a.tolist() == [1.0, 2.0] and b.tolist() == [3.0]
 
-    left = simulated_peer(monkeypatch, reduce_values=[[10.0, 20.0], [30.0]],
-                          broadcast_values=[[-1.0, -2.0], [-3.0]])
+    left = simulated_peer(monkeypatch, reduce_values=[[10.0, 20.0], [30.0]])
     _all_reduce_sum_(a, b)
     assert a.tolist() == [11.0, 22.0] and b.tolist() == [33.0]
-    _broadcast_from_rank0_(a, b)
-    assert a.tolist() == [-1.0, -2.0] and b.tolist() == [-3.0]
     assert left == ([], [])
+    peer_rows = torch.tensor([[5.0, 6.0], [7.0, 8.0]])  # rank 1's batch: it comes after ours, as in one process
+
+    def all_gather(parts, tensor, group=None, async_op=False):
+        parts[0].copy_(tensor)
+        parts[1].copy_(peer_rows)
+
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "all_gather", all_gather)
+    assert _global_rows(rows).tolist() == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]
 
 
 def test_global_stats_are_the_mean_min_and_max_over_every_rank(gloo_group, monkeypatch):
