@@ -19,6 +19,15 @@ FAST_OVERRIDES = [
     "eval.batch_size=8", "eval.grid_images=4", "device=cpu",
 ]
 
+BASELINE_OVERRIDES = {  # each fits the 4-channel test latent
+    "vq": ["quantizer.codebook_size=16", "quantizer.codebook_dim=2", "quantizer.init=kmeans",
+           "quantizer.dead_code_threshold=0.1"],
+    "fsq": ["quantizer.codebook_size=null", "quantizer.codebook_dim=null", "quantizer.levels=[5,3]"],
+    "lfq": ["quantizer.codebook_size=4", "quantizer.codebook_dim=2"],
+    "bsq": ["quantizer.codebook_size=16", "quantizer.codebook_dim=4"],
+    "tokenbridge": ["quantizer.codebook_size=4", "quantizer.codebook_dim=1"],
+}
+
 
 def compose_config(overrides: list[str], tmp_path: Path | None = None) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

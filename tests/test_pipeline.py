@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
-from conftest import FAST_OVERRIDES, ROOT, assert_metrics_recompute, compose_config
+from conftest import BASELINE_OVERRIDES, FAST_OVERRIDES, ROOT, assert_metrics_recompute, compose_config
 from gqbench.checkpoint import load_checkpoint
 from gqbench.job import run_job
 from gqbench.tracking import default_tracking_uri
@@ -59,14 +59,6 @@ def test_one_job_end_to_end(fast_cfg, tmp_path):
     assert {"metrics.json", "reconstructions.png", "config.yaml"} <= artifacts
 
 
-BASELINE_OVERRIDES = {  # each fits the 4-channel test latent
-    "vq": ["quantizer.codebook_size=16", "quantizer.codebook_dim=2", "quantizer.init=kmeans",
-           "quantizer.dead_code_threshold=0.1"],
-    "fsq": ["quantizer.codebook_size=null", "quantizer.codebook_dim=null", "quantizer.levels=[5,3]"],
-    "lfq": ["quantizer.codebook_size=4", "quantizer.codebook_dim=2"],
-    "bsq": ["quantizer.codebook_size=16", "quantizer.codebook_dim=4"],
-    "tokenbridge": ["quantizer.codebook_size=4", "quantizer.codebook_dim=1"],
-}
 GAUSSIAN_VAES = {"tokenbridge"}  # trained continuous like GQ: a continuous path and KL statistics
 
 
