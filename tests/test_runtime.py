@@ -1,0 +1,71 @@
+"""gqbench.runtime: where a process finds its ranks, which device it takes, the job lock, collectives in one
+process, and how a failure is described."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gqbench import runtime
+from gqbench.runtime import Ranks
+
+
+def test_ranks_come_from_torchruns_environment():
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "x"}
+    assert runtime.ranks_from_environment(env) == Ranks(rank=3, world_size=4, local_rank=1, launcher="torchrun")
+    assert runtime.ranks_from_environment({"RANK": "0", "WORLD_SIZE": "2"}).launcher == "env"
+    single = runtime.ranks_from_environment({})
+    assert single == Ranks() and single.is_main and not single.distributed
+
+
+def test_device_choice():
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert runtime.resolve_device("auto", Ranks(rank=1, world_size=2, local_rank=1)) == torch.device("cpu")
+        with pytest.raises(ValueError, match=r"device='cuda' but CUDA is not available here; use device=cpu"):
+            runtime.resolve_device("cuda")
+    else:  # pragma: no cover - GPU machines
+        assert runtime.resolve_device("cuda", Ranks(rank=1, world_size=2, local_rank=1)) == torch.device("cuda", 1)
+        with pytest.raises(ValueError, match=r"device='cuda:0' names one GPU, but this job has 2 processes"):
+            runtime.resolve_device("cuda:0", Ranks(rank=0, world_size=2))
+
+
+def test_the_job_lock_refuses_a_second_holder(tmp_path):
+    lock = tmp_path / ".lock"
+    with runtime.job_lock(Ranks(), lock):
+        assert "pid" in lock.read_text()
+        with pytest.raises(RuntimeError, match=r"is in use by another process \(pid \d+ on .*\); the same job is "
+                                               r"running elsewhere"):
+            with runtime.job_lock(Ranks(), lock):
+                pass
+    with runtime.job_lock(Ranks(), lock):  # released
+        pass
+
+
+def test_collectives_are_identities_in_one_process():
+    assert runtime.broadcast_object({"a": 1}) == {"a": 1}
+    assert runtime.gather_objects(5) == [5]
+    t = torch.tensor([1.0, 3.0])
+    runtime.average_across_ranks_(t)
+    p = torch.nn.Parameter(torch.ones(2))
+    p.grad = torch.tensor([2.0, 4.0])
+    runtime.average_gradients([p])
+    assert t.tolist() == [1.0, 3.0] and p.grad.tolist() == [2.0, 4.0]
+
+
+def test_a_peers_death_is_described_as_such():
+    gloo = RuntimeError("[../gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:6043: Connection reset by peer")
+    text = runtime.peer_failure_hint(gloo, Ranks(rank=0, world_size=2))
+    assert text.startswith("rank 0 of 2: another rank of this job stopped") and "Connection reset by peer" in text
+    assert runtime.peer_failure_hint(gloo, Ranks()) == f"RuntimeError: {gloo}"  # one process: as it is
+    assert runtime.peer_failure_hint(ValueError("bad"), Ranks(world_size=2)) == "ValueError: bad"
+
+
+def test_sigterm_becomes_terminated_once(monkeypatch):
+    import os
+    import signal
+
+    with pytest.raises(runtime.Terminated, match="received signal 15"):
+        with runtime.sigterm_raises():
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause()  # pragma: no cover - the handler raises first
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
