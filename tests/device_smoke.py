@@ -3,8 +3,9 @@
     python3 tests/device_smoke.py
 
 Needs only torch (+ triton): builds the paper's backbone shape class at small width, trains a few steps
-with bf16 autocast (the quantizer stays fp32), then checks on CUDA that the Triton search returns the same
-indices as the torch path and that decode(encode(x)) equals the eval forward.
+with bf16 autocast (the quantizer stays fp32) and one more with CUDA's sync debug mode raising on any host sync,
+then checks on CUDA that the Triton search returns the same indices as the torch path and that
+decode(encode(x)) equals the eval forward.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def main() -> None:
         opt.step()
         torch.cuda.synchronize()
         print(f"train step {step}: loss {loss.item():.1f} bits {out.quant.stats['bits_mean']:.3f} {time.time() - t:.3f}s")
+    training_step_without_host_sync(model, opt, x)
     model.eval()
     with torch.no_grad():
         h = model.encoder(x).float()
@@ -63,6 +65,27 @@ def main() -> None:
     print(f"eval: {idx_triton.numel()} tokens, triton {t_triton * 1e3:.1f} ms vs torch {t_torch * 1e3:.1f} ms, identical indices")
     every_method_on_cuda(device)
     print("DEVICE SMOKE OK")
+
+
+def training_step_without_host_sync(model, opt, x) -> None:
+    """The GPU side of tests/test_multiprocess.py's sync count: with CUDA's sync debug mode at "error", any call
+    that waits for the device (.item(), bool(t), nonzero, a device->host copy) raises inside a GQ training step."""
+    model.train()
+    model.quantizer.check_finite_inputs = False  # as gqbench.train does: the loss is checked on logging steps
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(x)
+            rec = (x - out.x_hat.float()).abs().sum() / len(x)
+        loss = rec + out.quant.loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        model.quantizer.check_finite_inputs = True
+    print("a GQ training step ran with no host sync (CUDA sync debug mode 'error')")
 
 
 def every_method_on_cuda(device: torch.device) -> None:

@@ -69,3 +69,16 @@ def test_sigterm_becomes_terminated_once(monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
             signal.pause()  # pragma: no cover - the handler raises first
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+
+
+def test_the_job_folder_names_its_files_and_clears_interrupted_writes(tmp_path):
+    from gqbench.checkpoint import write_json
+    from gqbench.jobdir import JobDir
+
+    job = JobDir(tmp_path / "jobs" / "abc123").create()
+    assert job.signature == "abc123" and job.checkpoint.name == "last.pt" and job.metrics.name == "metrics.json"
+    assert job.run_id_file("7").name == "mlflow_run_id.7"
+    write_json(job.metrics, {"status": "finished"})
+    (job.path / ".last.pt.x1y2.tmp").write_bytes(b"")  # what a kill -9 during an atomic write leaves
+    assert [p.name for p in job.remove_stale_temporaries()] == [".last.pt.x1y2.tmp"]
+    assert sorted(p.name for p in job.path.iterdir()) == ["metrics.json"]
