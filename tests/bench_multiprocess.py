@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 def job_overrides(args) -> list[str]:
     return ["data=synthetic", f"data.image_size={args.image_size}", "data.num_train=256", "data.num_val=16",
-            "quantizer=gq", f"train.batch_size={args.batch}", f"train.max_steps={args.steps}",
+            "quantizer=gq", f"model.attn_resolutions=[{args.image_size // 4}]", f"train.batch_size={args.batch}", f"train.max_steps={args.steps}",
             f"train.log_every={args.steps // 6}", "eval.batch_size=16", "device=cpu"]
 
 
