@@ -18,8 +18,6 @@ from typing import Any
 
 import torch
 
-LAST = "last.pt"
-
 
 def atomic_write_bytes(path: Path, write) -> None:
     path = Path(path)

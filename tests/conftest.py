@@ -50,15 +50,13 @@ def recompute_eval_metrics(cfg: DictConfig, job_dir: Path) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from gqbench.checkpoint import LAST, load_checkpoint
-    from gqbench.config import quantizer_kwargs, safe_instantiate
-    from gqbench.models.autoencoder import build_autoencoder
-    from quantizers import build_quantizer
+    from gqbench.checkpoint import load_checkpoint
+    from gqbench.job import assemble
+    from gqbench.jobdir import JobDir
 
-    data = safe_instantiate(cfg.data, path="data")
-    model = build_autoencoder(cfg.model, build_quantizer(**quantizer_kwargs(cfg.quantizer, cfg.model.z_channels)),
-                              cfg.data.image_size)
-    model.load_state_dict(load_checkpoint(job_dir / LAST)["model"])
+    parts = assemble(cfg)
+    data, model = parts.data, parts.model
+    model.load_state_dict(load_checkpoint(JobDir(job_dir).checkpoint)["model"])
     model.eval()
     n = len(data.val) if cfg.eval.num_images is None else min(cfg.eval.num_images, len(data.val))
     images = torch.stack([data.val[i] for i in range(n)])

@@ -89,6 +89,7 @@ def _evaluate_worker(rank: int, world: int, port: int, out_dir: str) -> None:
             dist.destroy_process_group()
 
 
+@pytest.mark.job  # a whole evaluation on three processes: left out of mutation runs
 @pytest.mark.timeout(300)
 def test_evaluation_over_two_ranks_with_unequal_batch_counts_equals_one_process(tmp_path):
     _evaluate_worker(0, 1, 0, str(tmp_path))
