@@ -12,7 +12,6 @@ the logs, the resolved config and a copy of metrics.json.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +82,9 @@ def _run_locked(cfg, ranks: runtime.Ranks, device, jobdir: JobDir, output_dir: P
             "data": cfg.data._target_.rsplit(".", 1)[-1], "output_dir": str(output_dir), "job_dir": str(jobdir.path),
             # CPU results are bit-reproducible only for the same torch build and thread count (summation order)
             "torch_version": torch.__version__, "torch_threads": str(torch.get_num_threads()), "device": str(device),
-            "world_size": str(ranks.world_size), "launcher": ranks.launcher, "host": socket.gethostname(),
+            "world_size": str(ranks.world_size), "launcher": ranks.launcher,
         })
+        tracker.set_tags(runtime.provenance_tags())  # again on every restart: host, commit, SLURM ids may change
         log.info("job %s  signature %s  device %s  ranks %d (%s)  job folder %s", cfg.job_name, jobdir.signature,
                  device, ranks.world_size, ranks.launcher, jobdir.path)
         log.info("MLflow: %s  run %s", tracker.uri, tracker.run_id)

@@ -170,6 +170,33 @@ def job_lock(ranks: Ranks, lock_file: Path) -> Iterator[None]:
         yield
 
 
+SLURM_TAGS = {"SLURM_JOB_ID": "slurm_job_id", "SLURM_ARRAY_JOB_ID": "slurm_array_job_id",
+              "SLURM_ARRAY_TASK_ID": "slurm_array_task_id", "SLURM_RESTART_COUNT": "slurm_restart_count",
+              "SLURM_JOB_PARTITION": "slurm_partition"}
+
+
+def provenance_tags(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Where and from what code this process runs: host, the git commit of the code (with "-dirty" when the
+    checkout has uncommitted changes; "unknown" for an installed copy without git), and SLURM's job, array task
+    and restart count when a scheduler started it. Set again on every (re)start of the job."""
+    import subprocess
+
+    env = os.environ if environ is None else environ
+    tags = {"host": socket.gethostname(), "git_commit": "unknown"}
+    source = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            tags["git_commit"] = commit.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    tags.update({tag: env[var] for var, tag in SLURM_TAGS.items() if env.get(var)})
+    return tags
+
+
 # -- collectives (no-ops in a single process) ------------------------------------------------------------
 
 def is_distributed() -> bool:

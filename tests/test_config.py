@@ -179,3 +179,14 @@ def test_null_sizes_take_the_methods_own_default_with_its_options():
     node = OmegaConf.create({"name": "vq", "codebook_size": 16, "codebook_dim": None, "num_codebooks": None})
     with pytest.raises(ValueError, match=r"quantizer 'vq' needs quantizer.codebook_dim or quantizer.num_codebooks \(both are null\)"):
         quantizer_kwargs(node, z_channels=6)
+
+
+def test_hydra_flags_may_come_anywhere_among_the_overrides():
+    from gqbench.sweep import hydra_flags_first
+
+    assert hydra_flags_first(["+experiment=codebook_sizes", "-m", "hydra/launcher=submitit_slurm", "+cluster=mine"]) == [
+        "-m", "+experiment=codebook_sizes", "hydra/launcher=submitit_slurm", "+cluster=mine"]
+    assert hydra_flags_first(["a=1", "--cfg", "job", "b=-2", "--info", "defaults", "-cn", "other", "~c"]) == [
+        "--cfg", "job", "--info", "defaults", "-cn", "other", "a=1", "b=-2", "~c"]
+    assert hydra_flags_first(["--config-name=other", "x=1", "--multirun"]) == ["--config-name=other", "--multirun", "x=1"]
+    assert hydra_flags_first(["x=1", "--info"]) == ["--info", "x=1"]

@@ -53,6 +53,8 @@ def test_one_job_end_to_end(fast_cfg, tmp_path):
     assert run.data.params["quantizer.codebook_size"] == "16"
     assert run.data.tags["signature"] == record["signature"]
     assert run.data.tags["torch_threads"] == str(torch.get_num_threads()) and run.data.tags["device"] == "cpu"
+    assert run.data.tags["world_size"] == "1" and run.data.tags["launcher"] == "single"
+    assert {"host", "git_commit"} <= set(run.data.tags)
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == [4, 8, 12]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -163,7 +165,8 @@ def test_cli_job_sweep_and_report(tmp_path):
     assert db.exists() and not (runs / "mlflow.db").exists()  # tracking.uri points elsewhere
 
     # the middle job has a bad option: it fails, is recorded, and the sweep still runs the third job
-    sweep = cli(["gqbench.sweep", "-m", *common, "tracking.experiment=sweep_test", "quantizer.codebook_size=8,100,32"], tmp_path)
+    # overrides after -m, as users append them (argparse alone would refuse this order)
+    sweep = cli(["gqbench.sweep", *common, "-m", "tracking.experiment=sweep_test", "quantizer.codebook_size=8,100,32"], tmp_path)
     assert sweep.returncode != 0 and "codebook_size=100 is not a power of 2" in sweep.stderr
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("sweep_test")

@@ -82,3 +82,19 @@ def test_the_job_folder_names_its_files_and_clears_interrupted_writes(tmp_path):
     (job.path / ".last.pt.x1y2.tmp").write_bytes(b"")  # what a kill -9 during an atomic write leaves
     assert [p.name for p in job.remove_stale_temporaries()] == [".last.pt.x1y2.tmp"]
     assert sorted(p.name for p in job.path.iterdir()) == ["metrics.json"]
+
+
+def test_provenance_tags_name_the_host_the_commit_and_the_slurm_job():
+    import socket
+    import subprocess
+
+    from conftest import ROOT
+
+    tags = runtime.provenance_tags({"SLURM_JOB_ID": "123", "SLURM_ARRAY_TASK_ID": "4", "SLURM_RESTART_COUNT": "1"})
+    assert tags["host"] == socket.gethostname()
+    assert (tags["slurm_job_id"], tags["slurm_array_task_id"], tags["slurm_restart_count"]) == ("123", "4", "1")
+    assert "slurm_partition" not in tags
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if head:  # a git checkout (CI clones one)
+        assert tags["git_commit"].removesuffix("-dirty") == head
+    assert "slurm_job_id" not in runtime.provenance_tags({})
