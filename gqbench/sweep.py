@@ -14,7 +14,19 @@ from omegaconf import DictConfig
 
 from .job import run_job
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def config_dir() -> Path:
+    """The Hydra tree: conf/ of the source checkout, or the copy an installed wheel carries (gqbench_conf)."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (checkout / "config.yaml").is_file():
+        return checkout
+    import gqbench_conf
+
+    return Path(next(iter(gqbench_conf.__path__)))
+
+
+CONF_DIR = config_dir()
 
 # Hydra's command-line flags (hydra/_internal/utils.py: get_args_parser), with whether they take a value
 HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",

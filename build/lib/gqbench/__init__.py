@@ -1,0 +1,1 @@
+"""gqbench: train and evaluate image tokenizers (GQ+TDC and baselines) through one quantizer interface."""

@@ -1,0 +1,70 @@
+"""Entry point: `python -m gqbench.sweep [overrides]` runs one job (train, then evaluate);
+`python -m gqbench.sweep +experiment=<name> -m [more overrides]` runs a sweep defined in sweeps/<name>.yaml.
+
+Multi-process jobs: `torchrun --nproc_per_node=N -m gqbench.sweep ...`, or a submitit launcher with
+`hydra.launcher.tasks_per_node=N` (gqbench.runtime). What a job does is gqbench.job.run_job.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from .job import run_job
+
+
+
+def config_dir() -> Path:
+    """The Hydra tree: conf/ of the source checkout, or the copy an installed wheel carries (gqbench_conf)."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (checkout / "config.yaml").is_file():
+        return checkout
+    import gqbench_conf
+
+    return Path(next(iter(gqbench_conf.__path__)))
+
+
+CONF_DIR = config_dir()
+
+# Hydra's command-line flags (hydra/_internal/utils.py: get_args_parser), with whether they take a value
+HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
+                          "--package", "-p", "--experimental-rerun", "--shell-completion", "-sc"}
+HYDRA_FLAGS = {"--multirun", "-m", "--run", "-r", "--resolve", "--help", "-h", "--hydra-help", "--version"}
+INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def hydra_flags_first(argv: list[str]) -> list[str]:
+    """Move Hydra's flags (with their values) before the overrides, keeping both in order: argparse accepts
+    `a=1 b=2 -m` and `-m a=1 b=2` but refuses `a=1 -m b=2`, and users append overrides after `-m`."""
+    flags, overrides = [], []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name = token.split("=", 1)[0]
+        if name in HYDRA_FLAGS_WITH_VALUE and "=" not in token and i + 1 < len(argv):
+            flags += argv[i : i + 2]
+            i += 2
+            continue
+        if name in HYDRA_FLAGS or name in HYDRA_FLAGS_WITH_VALUE:
+            flags.append(token)
+        elif name == "--info":
+            flags.append(token)
+            if "=" not in token and i + 1 < len(argv) and argv[i + 1] in INFO_TOPICS:
+                flags.append(argv[i + 1])
+                i += 1
+        else:
+            overrides.append(token)
+        i += 1
+    return flags + overrides
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> dict[str, float]:
+    return run_job(cfg)
+
+
+if __name__ == "__main__":
+    sys.argv[1:] = hydra_flags_first(sys.argv[1:])
+    main()
