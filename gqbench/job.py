@@ -65,14 +65,16 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None, on_step: Callable[[
         torch.cuda.set_device(device)  # Triton launches on the current device
     jobdir = JobDir.for_config(cfg).create()
     timeout = cfg.get("runtime", {}).get("collective_timeout_s", 600)
-    with runtime.process_group(ranks, device, timeout), runtime.job_lock(ranks, jobdir.lock), runtime.sigterm_raises():
+    with runtime.process_group(ranks, device, timeout), runtime.job_lock(ranks, jobdir.lock), \
+            runtime.StopSignals() as stop:
         if ranks.is_main:
             for stale in jobdir.remove_stale_temporaries():
                 log.info("removed %s, left by an interrupted write", stale.name)
-        return _run_locked(cfg, ranks, device, jobdir, Path(output_dir), started, on_step)
+        return _run_locked(cfg, ranks, device, jobdir, Path(output_dir), started, on_step, stop)
 
 
-def _run_locked(cfg, ranks: runtime.Ranks, device, jobdir: JobDir, output_dir: Path, started: float, on_step) -> dict[str, float]:
+def _run_locked(cfg, ranks: runtime.Ranks, device, jobdir: JobDir, output_dir: Path, started: float, on_step,
+                stop: runtime.StopSignals) -> dict[str, float]:
     silence_mlflow_noise()
     tracker = None
     if ranks.is_main:
@@ -99,7 +101,8 @@ def _run_locked(cfg, ranks: runtime.Ranks, device, jobdir: JobDir, output_dir: P
         log.info("model: %s, %.2fM parameters; quantizer: %s", cfg.model.name, n_params / 1e6, parts.quantizer.extra_repr())
         log_metrics = tracker.log_metrics if tracker is not None else (lambda metrics, step: None)
         log_metrics({"model_parameters": n_params}, 0)
-        train_stats = train(cfg, model, parts.data.train, jobdir, device, log_metrics, ranks=ranks, on_step=on_step)
+        train_stats = train(cfg, model, parts.data.train, jobdir, device, log_metrics, ranks=ranks, on_step=on_step,
+                            stop=stop)
         metrics = evaluate(
             model, parts.data.val, num_images=cfg.eval.num_images, batch_size=cfg.eval.batch_size,
             grid_images=cfg.eval.grid_images, device=device, grid_file=jobdir.grid if ranks.is_main else None,
@@ -133,13 +136,15 @@ def _record_finished(cfg: DictConfig, tracker: Tracker, jobdir: JobDir, output_d
 
 def _record_failure(cfg, exc: BaseException, ranks: runtime.Ranks, tracker: Tracker | None, jobdir: JobDir,
                     output_dir: Path) -> None:
-    """KILLED for an interrupt of a single process; FAILED otherwise. In a multi-process job an interrupt is
-    how the launcher stops the surviving ranks after one failed (torchrun, submitit), so it is FAILED too.
+    """KILLED for an interrupt of a single process, or a stop signal that every rank acted on together after a
+    checkpoint; FAILED otherwise. In a multi-process job any other interrupt is how the launcher stops the
+    surviving ranks after one failed (torchrun, submitit), so it is FAILED too.
     Rank 0 writes metrics.json and the run's `error` tag; another rank adds `error.rank<N>` to the same run."""
     interrupted = isinstance(exc, (KeyboardInterrupt, runtime.Terminated))
-    status = "KILLED" if interrupted and not ranks.distributed else "FAILED"
+    stopped_together = getattr(exc, "checkpointed", False)
+    status = "KILLED" if interrupted and (stopped_together or not ranks.distributed) else "FAILED"
     error = runtime.peer_failure_hint(exc, ranks)
-    if interrupted and ranks.distributed:
+    if interrupted and ranks.distributed and not stopped_together:
         error = (f"rank {ranks.rank} of {ranks.world_size} was stopped ({type(exc).__name__}); the launcher stops "
                  f"every rank when one fails — see the other ranks' error tags and logs")
     log.error("job %s failed on rank %d: %s", jobdir.signature, ranks.rank, error)

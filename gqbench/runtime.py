@@ -84,29 +84,80 @@ def resolve_device(name: str, ranks: Ranks = Ranks()) -> torch.device:
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived (SLURM time limit, scancel, kill). The job records it (KILLED) like a failure, but it is a
+    """SIGTERM or SIGUSR2 arrived (SLURM time limit or preemption, scancel, kill) and nobody else handles it. The job records it (KILLED) like a failure, but it is a
     BaseException, like KeyboardInterrupt, so a local multirun stops instead of starting the next job (Hydra's
-    launcher catches only Exception, which is what keeps a sweep going past a failed job)."""
+    launcher catches only Exception, which is what keeps a sweep going past a failed job). `checkpointed` is
+    True when the trainer stopped after writing a checkpoint of its last step (every rank stopped together)."""
+
+    def __init__(self, message: str, checkpointed: bool = False):
+        super().__init__(message)
+        self.checkpointed = checkpointed
 
 
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Turn the first SIGTERM into Terminated for the job's duration (later ones are ignored, so recording the
-    failure is not interrupted), unless someone else (e.g. submitit, which needs SIGTERM for its requeue logic)
-    already handles it, or we are not on the main thread."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
-        yield
-        return
+class StopSignals:
+    """SIGTERM, and SIGUSR2 (what SLURM/submitit send ahead of a time limit or a preemption), for a job's duration.
 
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated(f"received signal {signum}")
+    Outside `deferred()`, a signal goes at once to whoever handled it before us (submitit requeues the job
+    there), or, when nobody did, raises Terminated. Inside `deferred()` (the training loop) it is only recorded:
+    the trainer finishes its step, writes a checkpoint of that step and calls `proceed()`, so a stopped job
+    loses no finished step. Only the first signal counts. Nothing is installed off the main thread.
+    """
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._deferring = False
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            return
+        self.received = signum
+        if not self._deferring:
+            self.proceed(frame)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def requested(self) -> bool:
+        """Whether to stop after this step: a signal reached this process, or, in a multi-process job, any rank
+        (one all_reduce of a flag on a CPU group, so every rank stops at the same step; no device sync)."""
+        flag = self.received is not None
+        if is_distributed():
+            box = torch.tensor([int(flag)])
+            dist.all_reduce(box, op=dist.ReduceOp.MAX, group=_control_group())
+            flag = bool(box.item())
+        return flag
+
+    def proceed(self, frame=None, checkpointed: bool = False) -> None:
+        """Hand the recorded signal on: to the previous handler (submitit: requeue and exit) or raise Terminated.
+        A previous handler that returns (submitit bypasses SIGTERM after its SIGUSR2) lets the job go on. A rank
+        that stops because another rank received the signal acts as if it had received SIGTERM."""
+        signum = self.received if self.received is not None else signal.SIGTERM
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+            self.received = None
+            return
+        raise Terminated(f"received signal {signum}" if self.received is not None else
+                         "another rank of this job received a stop signal", checkpointed=checkpointed)
 
 
 @contextlib.contextmanager
@@ -148,10 +199,21 @@ def process_group(ranks: Ranks, device: torch.device, timeout_s: float) -> Itera
     dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size,
                             timeout=datetime.timedelta(seconds=timeout_s),
                             device_id=device if device.type == "cuda" else None)
+    global _CONTROL
+    _CONTROL = dist.new_group(backend="gloo") if backend != "gloo" else None  # host-side flags next to NCCL
     try:
         yield
     finally:
+        _CONTROL = None
         dist.destroy_process_group()
+
+
+_CONTROL = None
+
+
+def _control_group():
+    """The process group for host-side control flags: gloo, so agreeing on a flag never touches the GPU."""
+    return _CONTROL
 
 
 @contextlib.contextmanager

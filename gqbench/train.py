@@ -47,7 +47,7 @@ from .losses import GANLoss, ReconstructionLoss
 from .metrics import as_numbers
 from .models.autoencoder import Autoencoder
 from .perceptual import load_lpips
-from .runtime import Ranks, average_across_ranks_, average_gradients
+from .runtime import Ranks, StopSignals, average_across_ranks_, average_gradients
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,13 @@ def train(
     log_metrics: Callable[[dict[str, float], int], None],
     ranks: Ranks = Ranks(),
     on_step: Callable[[int], None] | None = None,
+    stop: StopSignals | None = None,
 ) -> dict[str, float]:
     """Train to cfg.train.max_steps, resuming from the job folder's checkpoint when present. Returns the last
     step's stats (as numbers). Every rank of a multi-process job calls this; rank 0 logs and checkpoints.
 
-    on_step(step) is called after every finished step (tests use it to simulate an interruption).
+    on_step(step) is called after every finished step (tests use it to simulate an interruption). A stop
+    signal (runtime.StopSignals) that arrives during a step is acted on after it, with a checkpoint of that step.
     """
     tcfg = cfg.train
     ckpt_path = jobdir.checkpoint
@@ -179,54 +181,60 @@ def train(
     bar = tqdm(total=tcfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True,
                disable=not sys.stderr.isatty() or not ranks.is_main, mininterval=1.0)
     step, stats = start_step, last_stats
-    for step, x in enumerate(loader, start=start_step):
-        x = x.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = net(x)
-            rec_loss, rec_stats = parts.reconstruction(x, out.x_hat)
-        loss = rec_loss + out.quant.loss
-        stats = {"loss_rec": rec_loss.detach(), **rec_stats, **{f"q_{k}": v for k, v in out.quant.stats.items()}}
-        if parts.gan is not None:
-            g_loss, g_stats = parts.gan.generator_loss(out.x_hat, rec_loss, model.last_layer, step)
-            loss = loss + g_loss
-            stats.update(g_stats)
+    stop = stop if stop is not None else StopSignals()
+    with stop.deferred():
+        for step, x in enumerate(loader, start=start_step):
+            x = x.to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = net(x)
+                rec_loss, rec_stats = parts.reconstruction(x, out.x_hat)
+            loss = rec_loss + out.quant.loss
+            stats = {"loss_rec": rec_loss.detach(), **rec_stats, **{f"q_{k}": v for k, v in out.quant.stats.items()}}
+            if parts.gan is not None:
+                g_loss, g_stats = parts.gan.generator_loss(out.x_hat, rec_loss, model.last_layer, step)
+                loss = loss + g_loss
+                stats.update(g_stats)
 
-        opt_ae.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(parts.reconstruction.parameters())
-        if tcfg.grad_clip:
-            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        opt_ae.step()
+            opt_ae.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(parts.reconstruction.parameters())
+            if tcfg.grad_clip:
+                stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt_ae.step()
 
-        if parts.gan is not None and step >= parts.gan.start_step:
-            d_loss, d_stats = parts.gan.discriminator_loss(x, out.x_hat.detach(), step)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            average_gradients(parts.gan.parameters())
-            opt_d.step()
-            stats.update(d_stats)
-        stats["loss"] = loss.detach()
+            if parts.gan is not None and step >= parts.gan.start_step:
+                d_loss, d_stats = parts.gan.discriminator_loss(x, out.x_hat.detach(), step)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                average_gradients(parts.gan.parameters())
+                opt_d.step()
+                stats.update(d_stats)
+            stats["loss"] = loss.detach()
 
-        done = step + 1
-        logging_step = done % tcfg.log_every == 0 or done == tcfg.max_steps
-        checkpoint_step = done % tcfg.checkpoint_every == 0 or done == tcfg.max_steps
-        if logging_step or checkpoint_step:
-            stats = as_numbers(stats, reduce=average_across_ranks_)  # the global batch's stats, on every rank
-            if not math.isfinite(stats["loss"]):
-                raise FloatingPointError(
-                    f"the training loss is {stats['loss']} at step {done} (stats: {_nonfinite(stats)}); "
-                    "lower train.lr, set train.grad_clip, or check the data")
-        if logging_step:
-            log_metrics({f"train/{k}": v for k, v in stats.items()}, done)
-            if ranks.is_main:
-                log.info("step %d/%d loss %.4g rec %.4g %s", done, tcfg.max_steps, stats["loss"], stats["loss_rec"],
-                         _quantizer_summary(stats))
-            bar.set_postfix(loss=f"{stats['loss']:.4g}", refresh=False)
-        if checkpoint_step:
-            checkpoint(done, stats)
-        bar.update(1)
-        if on_step is not None:
-            on_step(done)
+            done = step + 1
+            logging_step = done % tcfg.log_every == 0 or done == tcfg.max_steps
+            checkpoint_step = done % tcfg.checkpoint_every == 0 or done == tcfg.max_steps
+            if logging_step or checkpoint_step:
+                stats = as_numbers(stats, reduce=average_across_ranks_)  # the global batch's stats, on every rank
+                if not math.isfinite(stats["loss"]):
+                    raise FloatingPointError(
+                        f"the training loss is {stats['loss']} at step {done} (stats: {_nonfinite(stats)}); "
+                        "lower train.lr, set train.grad_clip, or check the data")
+            if logging_step:
+                log_metrics({f"train/{k}": v for k, v in stats.items()}, done)
+                if ranks.is_main:
+                    log.info("step %d/%d loss %.4g rec %.4g %s", done, tcfg.max_steps, stats["loss"], stats["loss_rec"],
+                             _quantizer_summary(stats))
+                bar.set_postfix(loss=f"{stats['loss']:.4g}", refresh=False)
+            if checkpoint_step:
+                checkpoint(done, stats)
+            bar.update(1)
+            if on_step is not None:
+                on_step(done)
+            if stop.requested():  # SIGTERM / SIGUSR2 during this step: keep it, then stop (or requeue)
+                checkpoint(done, as_numbers(stats, reduce=average_across_ranks_))
+                log.info("stop signal: checkpoint at step %d written", done)
+                stop.proceed(checkpointed=True)
     bar.close()
     model.quantizer.check_finite_inputs = True
     return as_numbers(stats)

@@ -203,3 +203,29 @@ def test_a_training_step_syncs_with_the_host_only_on_logging_steps(name, tmp_pat
     for step in (4, 8, 9):  # logging / final steps: all stats in one read-back
         reads = [e for e in per_step[step] if not e[1].startswith("kernels/")]
         assert [op for op, _ in reads] == ["tolist"], summarize(reads)
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_a_checkpoint_of_the_same_step(tmp_path):
+    """SLURM signals every task, but not at the same instant: the ranks agree on the step to stop after."""
+    overrides = [o for o in OVERRIDES if not o.startswith(("train.max_steps", "train.checkpoint_every"))] + [
+        "quantizer=gq", "train.max_steps=100000", "train.checkpoint_every=1000"]
+    cfg = compose_config(overrides, tmp_path)
+    job = JobDir.for_config(cfg)
+    launcher = subprocess.Popen(sweep_command(TORCHRUN, overrides, Path(cfg.paths.runs)), cwd=ROOT,
+                                env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in launcher.stdout:  # rank 0 logs every 4 steps
+            if "step 8/" in line:
+                break
+        (rank1,) = _rank_pids(launcher.pid, rank=1)
+        os.kill(rank1, signal.SIGTERM)
+        output, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0
+    run = the_run(Path(cfg.paths.runs))
+    assert run.info.status == "KILLED", (run.info.status, run.data.tags.get("error"), output[-2000:])
+    step = load_checkpoint(job.checkpoint)["step"]
+    assert 8 <= step < 1000  # the stop step's own checkpoint, not a periodic one
+    assert f"stop signal: checkpoint at step {step} written" in output

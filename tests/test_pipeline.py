@@ -229,7 +229,7 @@ def test_gan_and_lpips_training_path(tmp_path, monkeypatch):
     assert load_checkpoint(job_dir / "last.pt")["opt_d"]["state"]  # the discriminator optimizer has stepped
 
 
-def test_sigterm_is_recorded_as_killed_and_the_job_folder_is_exclusive(fast_cfg, tmp_path):
+def test_sigterm_checkpoints_the_step_is_recorded_as_killed_and_the_job_folder_is_exclusive(fast_cfg, tmp_path):
     import fcntl
     import os
     import signal
@@ -246,9 +246,16 @@ def test_sigterm_is_recorded_as_killed_and_the_job_folder_is_exclusive(fast_cfg,
     assert runs[0].info.status == "KILLED" and "signal" in runs[0].data.tags["error"]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["status"] == "killed"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    job_dir = tmp_path / "runs" / "jobs" / runs[0].data.tags["signature"]
+    assert load_checkpoint(job_dir / "last.pt")["step"] == 3  # the step the signal came in, not the periodic one
+
+    steps = []
+    resumed = run_job(fast_cfg, output_dir=tmp_path / "out-resumed", on_step=steps.append)
+    assert steps == list(range(4, 13))
+    straight = run_job(compose_config(FAST_OVERRIDES, tmp_path / "straight"), output_dir=tmp_path / "straight-out")
+    assert resumed["psnr"] == straight["psnr"] and resumed["q_lam"] == straight["q_lam"]
 
     # while another process holds the job folder, a second copy of the job refuses to start
-    job_dir = tmp_path / "runs" / "jobs" / runs[0].data.tags["signature"]
     with open(job_dir / ".lock", "a+") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         with pytest.raises(RuntimeError, match=r"is in use by another process"):

@@ -60,15 +60,45 @@ def test_a_peers_death_is_described_as_such():
     assert runtime.peer_failure_hint(ValueError("bad"), Ranks(world_size=2)) == "ValueError: bad"
 
 
-def test_sigterm_becomes_terminated_once(monkeypatch):
+def test_stop_signals_raise_at_once_outside_training_and_after_the_step_inside_it():
     import os
     import signal
 
     with pytest.raises(runtime.Terminated, match="received signal 15"):
-        with runtime.sigterm_raises():
+        with runtime.StopSignals():
             os.kill(os.getpid(), signal.SIGTERM)
             signal.pause()  # pragma: no cover - the handler raises first
-    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)  # restored
+
+    with runtime.StopSignals() as stop:
+        with stop.deferred():
+            assert not stop.requested()
+            os.kill(os.getpid(), signal.SIGUSR2)  # recorded only: the step goes on
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal changes nothing
+            assert stop.received == signal.SIGUSR2 and stop.requested()
+            with pytest.raises(runtime.Terminated, match=f"received signal {int(signal.SIGUSR2)}"):
+                stop.proceed()
+    assert signal.getsignal(signal.SIGUSR2) in (signal.SIG_DFL, None)
+
+
+def test_a_stop_signal_goes_on_to_the_handler_that_was_there_before(monkeypatch):
+    """submitit's own SIGUSR2 handler (requeue) runs after our checkpoint; if it returns, the job goes on."""
+    import os
+    import signal
+
+    seen = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
+    try:
+        with runtime.StopSignals() as stop:
+            with stop.deferred():
+                os.kill(os.getpid(), signal.SIGUSR2)
+                assert seen == [] and stop.requested()
+                stop.proceed()
+                assert seen == [signal.SIGUSR2] and not stop.requested()
+            os.kill(os.getpid(), signal.SIGUSR2)  # outside the training loop: handed on at once
+            assert seen == [signal.SIGUSR2] * 2
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_the_job_folder_names_its_files_and_clears_interrupted_writes(tmp_path):
