@@ -181,6 +181,7 @@ def train(
     bar = tqdm(total=tcfg.max_steps, initial=start_step, desc="train", dynamic_ncols=True,
                disable=not sys.stderr.isatty() or not ranks.is_main, mininterval=1.0)
     step, stats = start_step, last_stats
+    last_read = last_checkpoint = start_step  # the last step whose loss was read back / checkpointed
     stop = stop if stop is not None else StopSignals()
     with stop.deferred():
         for step, x in enumerate(loader, start=start_step):
@@ -218,8 +219,11 @@ def train(
                 stats = as_numbers(stats, reduce=average_across_ranks_)  # the global batch's stats, on every rank
                 if not math.isfinite(stats["loss"]):
                     raise FloatingPointError(
-                        f"the training loss is {stats['loss']} at step {done} (stats: {_nonfinite(stats)}); "
-                        "lower train.lr, set train.grad_clip, or check the data")
+                        f"the training loss became {stats['loss']} between steps {last_read + 1} and {done} "
+                        f"(non-finite stats: {_nonfinite(stats)}); last good checkpoint: "
+                        + (f"step {last_checkpoint} (kept)" if last_checkpoint else "none yet")
+                        + "; try a lower train.lr or set train.grad_clip (train.log_every=1 finds the step)")
+                last_read = done
             if logging_step:
                 log_metrics({f"train/{k}": v for k, v in stats.items()}, done)
                 if ranks.is_main:
@@ -228,12 +232,15 @@ def train(
                 bar.set_postfix(loss=f"{stats['loss']:.4g}", refresh=False)
             if checkpoint_step:
                 checkpoint(done, stats)
+                last_checkpoint = done
             bar.update(1)
             if on_step is not None:
                 on_step(done)
             if stop.requested():  # SIGTERM / SIGUSR2 during this step: keep it, then stop (or requeue)
-                checkpoint(done, as_numbers(stats, reduce=average_across_ranks_))
-                log.info("stop signal: checkpoint at step %d written", done)
+                stats = as_numbers(stats, reduce=average_across_ranks_)
+                if math.isfinite(stats["loss"]):  # never a checkpoint of diverged weights
+                    checkpoint(done, stats)
+                    log.info("stop signal: checkpoint at step %d written", done)
                 stop.proceed(checkpointed=True)
     bar.close()
     model.quantizer.check_finite_inputs = True

@@ -289,3 +289,28 @@ def test_sigterm_stops_a_local_multirun_after_recording_the_running_job(tmp_path
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("sigterm").experiment_id])
     assert [r.info.status for r in runs] == ["KILLED"], output[-3000:]
+
+
+def test_a_diverging_run_stops_with_the_step_range_and_keeps_its_last_good_checkpoint(fast_cfg, tmp_path, monkeypatch):
+    import gqbench.job
+
+    built = []
+    assemble = gqbench.job.assemble
+    monkeypatch.setattr(gqbench.job, "assemble", lambda cfg: built.append(assemble(cfg)) or built[-1])
+
+    def diverge_after_step_5(step):  # as a diverging optimizer would leave the weights
+        if step == 5:
+            with torch.no_grad():
+                built[-1].model.decoder.last_layer.fill_(float("nan"))
+
+    with open_dict(fast_cfg):
+        fast_cfg.train.log_every = 2
+        fast_cfg.train.checkpoint_every = 2
+    with pytest.raises(FloatingPointError) as caught:
+        run_job(fast_cfg, output_dir=tmp_path / "out", on_step=diverge_after_step_5)
+    assert re.search(r"the training loss became nan between steps 5 and 6 .*last good checkpoint: step 4 \(kept\); "
+                     r"try a lower train.lr", str(caught.value)), str(caught.value)
+    client, runs = only_run(tmp_path / "runs")
+    assert runs[0].info.status == "FAILED" and "FloatingPointError" in runs[0].data.tags["error"]
+    ckpt = load_checkpoint(tmp_path / "runs" / "jobs" / runs[0].data.tags["signature"] / "last.pt")
+    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
