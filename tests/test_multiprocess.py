@@ -95,8 +95,9 @@ def test_torchrun_job_matches_one_process_in_one_mlflow_run(name, tmp_path):
     assert load_checkpoint(JobDir(Path(run.data.tags["job_dir"])).checkpoint)["step"] == STEPS
 
 
-def test_submitit_local_tasks_per_node_runs_one_job_over_two_ranks(tmp_path):
-    overrides = OVERRIDES + ["quantizer=gq"]
+@pytest.mark.parametrize("name", ["gq", "vq"])
+def test_submitit_local_tasks_per_node_runs_one_job_over_two_ranks(name, tmp_path):
+    overrides = OVERRIDES + MULTIPROCESS_OVERRIDES[name]
     one = run_job(compose_config(overrides, tmp_path / "one"), output_dir=tmp_path / "one" / "out")
 
     command = sweep_command([sys.executable], ["-m", "hydra/launcher=submitit_local",

@@ -1,1 +1,0 @@
-"""gqbench: train and evaluate image tokenizers (GQ+TDC and baselines) through one quantizer interface."""
