@@ -179,3 +179,27 @@ def test_quantizer_stats_accumulate_means_mins_and_maxes():
     acc.update({"bits_mean": 8.0, "bits_min": 3.0, "bits_max": 9.0}, 10)
     acc.update({"bits_mean": 6.0, "bits_min": 4.0, "bits_max": 12.0}, 30)
     assert acc.summary() == {"bits_mean": 6.5, "bits_min": 3.0, "bits_max": 12.0}
+
+
+def test_stats_become_numbers_in_one_read_back_after_an_optional_reduction():
+    stats = {"b": torch.tensor(2.5), "a": 1, "c": torch.tensor([4.0], dtype=torch.float64), "d": torch.tensor(True)}
+    assert M.as_numbers(stats) == {"b": 2.5, "a": 1.0, "c": 4.0, "d": 1.0}
+    assert list(M.as_numbers(stats)) == ["b", "a", "c", "d"]  # the order of the stats
+    seen = []
+
+    def halve(vector):  # e.g. an average over ranks: applied once, in place, to all of them
+        seen.append(vector.dtype)
+        vector /= 2
+
+    assert M.as_numbers(stats, reduce=halve) == {"b": 1.25, "a": 0.5, "c": 2.0, "d": 0.5}
+    assert seen == [torch.float64] and M.as_numbers({}) == {}
+
+
+def test_accumulators_of_two_shards_merge_to_the_accumulator_of_both():
+    a, b, both = StatAccumulator(), StatAccumulator(), StatAccumulator()
+    for acc, stats, n in ((a, {"m": 2.0, "x_min": 1.0, "x_max": 5.0}, 3), (b, {"m": 6.0, "x_min": -1.0, "x_max": 4.0}, 1)):
+        acc.update(stats, n)
+        both.update(stats, n)
+    a.merge(b)
+    assert a.summary() == both.summary() == {"m": 3.0, "x_min": -1.0, "x_max": 5.0}
+    assert a.count == 4

@@ -126,6 +126,27 @@ def test_global_stats_are_the_mean_min_and_max_over_every_rank(gloo_group, monke
     want = (sum(everything) / len(everything), min(everything), max(everything))
     assert _global_stats(mine) == pytest.approx(want, rel=1e-12)
     assert left[0] == []
+    # evaluation: ranks may see different batch counts, so no collective (a peer would be consumed here)
+    assert _global_stats(mine, across_ranks=False) == pytest.approx((4.0, 2.0, 6.0), rel=1e-12)
+
+
+def test_training_noise_is_the_global_batchs_slice_for_this_rank(gloo_group, monkeypatch):
+    from quantizers._utils import batch_randn_like
+
+    like = torch.zeros(3, 2, 4, dtype=torch.float64)
+    torch.manual_seed(7)
+    alone = batch_randn_like(like)  # one rank: plain randn_like
+    torch.manual_seed(7)
+    assert torch.equal(alone, torch.randn(3, 2, 4, dtype=torch.float64))
+    torch.manual_seed(7)
+    whole = torch.randn(3 * 4, 2, 4, dtype=torch.float64)  # what one process draws for the global batch
+    after = torch.get_rng_state()
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 4)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 2)
+    torch.manual_seed(7)
+    mine = batch_randn_like(like)
+    assert mine.dtype == like.dtype and mine.shape == like.shape
+    assert torch.equal(mine, whole[6:9]) and torch.equal(torch.get_rng_state(), after)
 
 
 # ---------------------------------------------------------------------------------------------- VQ
