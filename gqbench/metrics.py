@@ -64,7 +64,8 @@ def as_numbers(stats: dict[str, Tensor | float], reduce=None) -> dict[str, float
     if not keys:
         return {}
     device = next((v.device for v in stats.values() if isinstance(v, Tensor)), torch.device("cpu"))
-    vector = torch.stack([torch.as_tensor(stats[k]).detach().reshape(()).to(device, torch.float64) for k in keys])
+    vector = torch.stack([(v.detach() if isinstance(v, Tensor) else torch.tensor(v, dtype=torch.float64))
+                          .reshape(()).to(device, torch.float64) for v in stats.values()])
     if reduce is not None:
         reduce(vector)
     return dict(zip(keys, vector.tolist()))

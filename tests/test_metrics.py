@@ -182,17 +182,19 @@ def test_quantizer_stats_accumulate_means_mins_and_maxes():
 
 
 def test_stats_become_numbers_in_one_read_back_after_an_optional_reduction():
-    stats = {"b": torch.tensor(2.5), "a": 1, "c": torch.tensor([4.0], dtype=torch.float64), "d": torch.tensor(True)}
-    assert M.as_numbers(stats) == {"b": 2.5, "a": 1.0, "c": 4.0, "d": 1.0}
-    assert list(M.as_numbers(stats)) == ["b", "a", "c", "d"]  # the order of the stats
+    stats = {"b": torch.tensor(2.5), "a": 1, "c": torch.tensor([4.0], dtype=torch.float64), "d": torch.tensor(True),
+             "e": 0.1}
+    assert M.as_numbers(stats) == {"b": 2.5, "a": 1.0, "c": 4.0, "d": 1.0, "e": 0.1}  # a Python float stays exact
+    assert list(M.as_numbers(stats)) == ["b", "a", "c", "d", "e"]  # the order of the stats
     seen = []
 
-    def halve(vector):  # e.g. an average over ranks: applied once, in place, to all of them
+    def third(vector):  # e.g. an average over ranks: applied once, in place, to all of them, in float64
         seen.append(vector.dtype)
-        vector /= 2
+        vector /= 3
 
-    assert M.as_numbers(stats, reduce=halve) == {"b": 1.25, "a": 0.5, "c": 2.0, "d": 0.5}
-    assert seen == [torch.float64] and M.as_numbers({}) == {}
+    got = M.as_numbers({"b": torch.tensor(2.5), "d": torch.tensor(True)}, reduce=third)
+    assert got == {"b": 2.5 / 3, "d": 1 / 3} and seen == [torch.float64]
+    assert M.as_numbers({}) == {}
 
 
 def test_accumulators_of_two_shards_merge_to_the_accumulator_of_both():

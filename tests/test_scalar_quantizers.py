@@ -219,3 +219,14 @@ def test_non_finite_inputs_are_refused(name, kwargs):
     h[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):
         q(h)
+
+
+def test_entropy_ramp_multiplies_the_entropy_weight():
+    torch.manual_seed(0)
+    q = build_quantizer("lfq", codebook_size=16, commitment_weight=0.0, entropy_weight=0.3, entropy_ramp=3.0,
+                        entropy_ramp_steps=4, reduction="mean").train()
+    h = torch.randn(2, 4, 3, 3)
+    for ramp in (4.0, 3.25, 2.5):  # 1 + 3 (1 − s/4) at training forwards s = 0, 1, 2
+        out = q(h)
+        h_s, h_c = float(out.stats["sample_entropy"]), float(out.stats["codebook_entropy"])
+        assert out.loss.item() == pytest.approx(ramp * 0.3 * (h_s - h_c), rel=1e-5)
