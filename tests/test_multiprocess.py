@@ -59,11 +59,14 @@ def the_run(runs: Path):
     return runs_found[0]
 
 
-def assert_same_metrics(got: dict[str, float], want: dict[str, float], tolerance=TOLERANCE) -> None:
+def assert_same_metrics(got: dict[str, float], want: dict[str, float], tolerance=TOLERANCE, close_keys=(),
+                        other_tolerance=None) -> None:
+    """Every compared metric within `tolerance`; with `other_tolerance`, only `close_keys` are held to it."""
     keys = [*COMPARED, *(k for k in want if k.startswith(("q_", "continuous_")))]
     assert all(k in got for k in keys), sorted(set(keys) - set(got))
     for key in keys:
-        assert got[key] == pytest.approx(want[key], **tolerance), key
+        bound = tolerance if other_tolerance is None or key in close_keys else other_tolerance
+        assert got[key] == pytest.approx(want[key], **bound), key
 
 
 # VQ with dead-code restarts from the global batch, but its default uniform init: after k-means the codewords sit
@@ -77,6 +80,11 @@ MULTIPROCESS_OVERRIDES = {
     # gradients outside DDP (log-variance, discriminator), the adaptive GAN weight and ActNorm's init over ranks
     "gq-gan": ["quantizer=gq", *GAN_AND_LOGVAR],
 }
+# With the GAN on, the adaptive weight amplifies summation-order noise in the evaluation metrics (SSIM ~1e-3
+# relative, measured), while the training-side numbers stay close: train_final_loss 4e-7, KL loss 2e-6. The
+# same run without averaging the discriminator's gradients over ranks moves them by 1.5e-3 and 8e-4 (measured),
+# so the GAN case is judged on those at 1e-4, and on the evaluation metrics only at 1e-2.
+GAN_TOLERANCES = ({"train_final_loss", "q_kl_loss", "q_bits_mean", "q_lam"}, dict(rel=1e-4), dict(rel=1e-2, abs=1e-4))
 
 
 @pytest.mark.parametrize("name", sorted(MULTIPROCESS_OVERRIDES))
@@ -89,7 +97,11 @@ def test_torchrun_job_matches_one_process_in_one_mlflow_run(name, tmp_path):
     run = the_run(tmp_path / "two")
     assert run.info.status == "FINISHED"
     assert run.data.tags["world_size"] == "2" and run.data.tags["launcher"] == "torchrun"
-    assert_same_metrics(run.data.metrics, one)
+    if name == "gq-gan":
+        close, tolerance, others = GAN_TOLERANCES
+        assert_same_metrics(run.data.metrics, one, tolerance, close_keys=close, other_tolerance=others)
+    else:
+        assert_same_metrics(run.data.metrics, one)
     history = MlflowClient(default_tracking_uri(tmp_path / "two")).get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == list(range(4, STEPS + 1, 4))  # rank 0 alone logs
     assert load_checkpoint(JobDir(Path(run.data.tags["job_dir"])).checkpoint)["step"] == STEPS
