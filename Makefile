@@ -30,7 +30,7 @@ test: venv
 	$(PY) -m pytest -q -n auto tests
 
 # Mutation testing (README, Contributing): mutmut over the modules listed in pyproject's [tool.mutmut], killed
-# by the unit tests only; prints the score and every mutant no test killed. About 35 min on 2 cores.
+# by the unit tests only; prints the score and every mutant no test killed. About 40 min on 2 cores.
 mutate: venv
 	$(PY) -m pip install -q -e '.[dev,mutate]'
 	rm -rf mutants
