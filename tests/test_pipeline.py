@@ -162,6 +162,7 @@ def test_cli_job_sweep_and_report(tmp_path):
     common = FAST_OVERRIDES + [f"paths.runs={runs}", f"tracking.uri=sqlite:///{db}", "train.max_steps=6"]
     single = cli(["gqbench.sweep", *common], tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
+    assert "\r" not in single.stderr + single.stdout  # no progress-bar redraws in a log file (SLURM's .err)
     assert db.exists() and not (runs / "mlflow.db").exists()  # tracking.uri points elsewhere
 
     # the middle job has a bad option: it fails, is recorded, and the sweep still runs the third job
