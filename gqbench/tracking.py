@@ -26,6 +26,43 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
+SHARED_FILESYSTEMS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "beegfs", "ceph", "fuse.glusterfs",
+                      "fuse.sshfs", "panfs", "wekafs")
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str:
+    """The type of the filesystem holding `path`: the longest mount point above it in /proc/mounts."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return "unknown"
+    path, best, kind = str(Path(path).resolve()), "", "unknown"
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def warn_if_sqlite_on_a_shared_filesystem(uri: str, mounts: str | None = None) -> str | None:
+    """sqlite's file locks are unreliable on network filesystems, and many jobs writing one store there corrupt
+    it (stack-notes §5): say so, and what to use instead. Returns the warning (None when there is none)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    kind = filesystem_type(Path(uri.removeprefix("sqlite:///")).parent, mounts)
+    if kind not in SHARED_FILESYSTEMS:
+        return None
+    message = (f"the MLflow store {uri} is a sqlite file on a shared filesystem ({kind}); jobs on several nodes "
+               "can corrupt it — start `mlflow server` on one host and set tracking.uri=http://HOST:5000")
+    log.warning(message)
+    return message
+
+
 def default_tracking_uri(runs_dir: Path) -> str:
     return f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
 
@@ -63,6 +100,7 @@ class Tracker:
         artifact_location = None
         if self.uri.startswith("sqlite:"):
             artifact_location = (self.runs_dir / "mlartifacts" / experiment).as_uri()
+        warn_if_sqlite_on_a_shared_filesystem(self.uri)
         with file_lock(self.runs_dir / ".mlflow.lock"):
             # the client creates (migrates) a fresh store on construction: that too must happen under the lock
             self.client = MlflowClient(tracking_uri=self.uri)

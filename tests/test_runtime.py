@@ -128,3 +128,4 @@ def test_provenance_tags_name_the_host_the_commit_and_the_slurm_job():
     if head:  # a git checkout (CI clones one)
         assert tags["git_commit"].removesuffix("-dirty") == head
     assert "slurm_job_id" not in runtime.provenance_tags({})
+
