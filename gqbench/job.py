@@ -114,7 +114,8 @@ def _run_locked(cfg, ranks: runtime.Ranks, device, jobdir: JobDir, output_dir: P
             _record_finished(cfg, tracker, jobdir, output_dir, metrics)
         return metrics
     except BaseException as exc:
-        _record_failure(cfg, exc, ranks, tracker, jobdir, output_dir)
+        with runtime.stop_signals_ignored():
+            _record_failure(cfg, exc, ranks, tracker, jobdir, output_dir)
         raise
 
 

@@ -161,6 +161,21 @@ class StopSignals:
 
 
 @contextlib.contextmanager
+def stop_signals_ignored() -> Iterator[None]:
+    """While a failure is being recorded: the SIGTERM a launcher sends the surviving ranks after one died
+    (torchrun, submitit) must not interrupt the MLflow write that records it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in StopSignals.SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
 def exclusive_job(lock_file: Path) -> Iterator[None]:
     """One process group per job folder: two sweeps that contain the same job must not train into one checkpoint."""
     with open(lock_file, "a+") as f:

@@ -129,3 +129,16 @@ def test_provenance_tags_name_the_host_the_commit_and_the_slurm_job():
         assert tags["git_commit"].removesuffix("-dirty") == head
     assert "slurm_job_id" not in runtime.provenance_tags({})
 
+
+
+def test_stop_signals_are_ignored_while_a_failure_is_recorded():
+    import os
+    import signal
+
+    with runtime.StopSignals():
+        with runtime.stop_signals_ignored():
+            os.kill(os.getpid(), signal.SIGTERM)  # torchrun stopping the surviving ranks: no Terminated here
+            os.kill(os.getpid(), signal.SIGUSR2)
+        with pytest.raises(runtime.Terminated):  # afterwards the job's own handling is back
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause()  # pragma: no cover
