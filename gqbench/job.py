@@ -25,7 +25,8 @@ from quantizers import Quantizer, build_quantizer
 from . import runtime
 from .checkpoint import write_json
 from .config import check_targets, flatten, quantizer_kwargs, safe_instantiate
-from .evaluate import evaluate
+from .evaluate import Evaluation, evaluate
+from .metrics import build_metrics
 from .jobdir import JobDir
 from .models.autoencoder import Autoencoder, build_autoencoder
 from .tracking import Tracker, silence_mlflow_noise
@@ -99,19 +100,23 @@ def _run_locked(cfg, ranks: runtime.Ranks, device, jobdir: JobDir, output_dir: P
         n_params = sum(p.numel() for p in model.parameters())
         log.info("data: %s", parts.data.description)
         log.info("model: %s, %.2fM parameters; quantizer: %s", cfg.model.name, n_params / 1e6, parts.quantizer.extra_repr())
+        # weights for rFID/LPIPS are found (or found missing) before training: eval.require_* fails here
+        eval_metrics, unavailable = build_metrics(cfg.eval, parts.quantizer, is_main=ranks.is_main)
         log_metrics = tracker.log_metrics if tracker is not None else (lambda metrics, step: None)
         log_metrics({"model_parameters": n_params}, 0)
         train_stats = train(cfg, model, parts.data.train, jobdir, device, log_metrics, ranks=ranks, on_step=on_step,
                             stop=stop)
-        metrics = evaluate(
+        evaluation = evaluate(
             model, parts.data.val, num_images=cfg.eval.num_images, batch_size=cfg.eval.batch_size,
             grid_images=cfg.eval.grid_images, device=device, grid_file=jobdir.grid if ranks.is_main else None,
-            seed=cfg.seed,
+            seed=cfg.seed, metrics=eval_metrics, unavailable=unavailable,
+            per_image_file=jobdir.per_image if ranks.is_main else None,
         )
+        metrics = evaluation.metrics
         metrics["train_final_loss"] = train_stats.get("loss", float("nan"))
         metrics["wall_seconds"] = time.time() - started
         if tracker is not None:
-            _record_finished(cfg, tracker, jobdir, output_dir, metrics)
+            _record_finished(cfg, tracker, jobdir, output_dir, evaluation)
         return metrics
     except BaseException as exc:
         with runtime.stop_signals_ignored():
@@ -119,20 +124,25 @@ def _run_locked(cfg, ranks: runtime.Ranks, device, jobdir: JobDir, output_dir: P
         raise
 
 
-def _record_finished(cfg: DictConfig, tracker: Tracker, jobdir: JobDir, output_dir: Path, metrics: dict[str, float]) -> None:
+def _record_finished(cfg: DictConfig, tracker: Tracker, jobdir: JobDir, output_dir: Path, evaluation: Evaluation) -> None:
+    metrics = evaluation.metrics
     tracker.log_metrics(metrics, cfg.train.max_steps)
-    record = {"status": "finished", "signature": jobdir.signature, "mlflow_run_id": tracker.run_id, "metrics": metrics}
+    tracker.set_tags(evaluation.tags())
+    record = {"status": "finished", "signature": jobdir.signature, "mlflow_run_id": tracker.run_id, "metrics": metrics,
+              "protocol": evaluation.protocol, "unavailable": evaluation.unavailable}
     for path in {jobdir.metrics, output_dir / JobDir.METRICS}:
         write_json(path, record)
     jobdir.config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    for artifact in (jobdir.metrics, jobdir.grid, jobdir.config):
+    for artifact in (jobdir.metrics, jobdir.grid, jobdir.config, jobdir.per_image):
         tracker.log_artifact(artifact)
     tracker.end("FINISHED")
     kl = ("  KL bits %.3f [%.3f, %.3f]" % (metrics["q_bits_mean"], metrics["q_bits_min"], metrics["q_bits_max"])
           if "q_bits_mean" in metrics else "")
-    log.info("PSNR %.2f dB  SSIM %.4f  usage %.3f  perplexity %.1f  bits/token %.4g%s  -> %s",
-             metrics["psnr"], metrics["ssim"], metrics["codebook_usage"], metrics["perplexity"],
-             metrics["bits_per_token"], kl, output_dir)
+    perceptual = "  ".join(f"{name} {metrics[key]:.4g}" if key in metrics else f"{name} n/a"
+                           for name, key in (("rFID", "rfid"), ("LPIPS", "lpips")))
+    log.info("PSNR %.2f dB  SSIM %.4f  %s  usage %.3f  perplexity %.1f  bits/token %.4g (effective %.2f)%s  -> %s",
+             metrics["psnr"], metrics["ssim"], perceptual, metrics["codebook_usage"], metrics["perplexity"],
+             metrics["bits_per_token"], metrics["effective_bits_per_token"], kl, output_dir)
 
 
 def _record_failure(cfg, exc: BaseException, ranks: runtime.Ranks, tracker: Tracker | None, jobdir: JobDir,

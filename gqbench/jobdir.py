@@ -22,6 +22,7 @@ class JobDir:
     METRICS = "metrics.json"
     CONFIG = "config.yaml"
     GRID = "reconstructions.png"
+    PER_IMAGE = "per_image.csv"
     RUN_ID = "mlflow_run_id"
     LOCK = ".lock"
 
@@ -52,6 +53,10 @@ class JobDir:
     @property
     def grid(self) -> Path:
         return self.path / self.GRID
+
+    @property
+    def per_image(self) -> Path:
+        return self.path / self.PER_IMAGE
 
     @property
     def lock(self) -> Path:

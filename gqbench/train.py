@@ -101,7 +101,7 @@ class TrainingParts(torch.nn.Module):
 
     def __init__(self, loss_cfg: DictConfig, device: torch.device):
         super().__init__()
-        perceptual = load_lpips(loss_cfg.perceptual_net, device) if loss_cfg.perceptual_weight > 0 else None
+        perceptual = load_lpips(loss_cfg.perceptual_net, device, loss_cfg.get("perceptual_weights")) if loss_cfg.perceptual_weight > 0 else None
         self.reconstruction = ReconstructionLoss(
             kind=loss_cfg.reconstruction, perceptual_weight=loss_cfg.perceptual_weight, perceptual=perceptual,
             learn_logvar=loss_cfg.learn_logvar, reduction=loss_cfg.reduction,

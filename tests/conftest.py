@@ -1,6 +1,7 @@
 """Shared fixtures: compose the real Hydra config, shrunk for CPU tests, with every output in tmp_path."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ FAST_OVERRIDES = [
     "model.ch=16", "model.ch_mult=[1,2]", "model.attn_resolutions=[8]", "model.z_channels=4",
     "quantizer.codebook_size=16", "quantizer.codebook_dim=2",
     "train.batch_size=8", "train.max_steps=12", "train.log_every=4", "train.checkpoint_every=5",
-    "eval.batch_size=8", "eval.grid_images=4", "device=cpu",
+    "eval.batch_size=8", "eval.grid_images=4", "eval.download_weights=false", "device=cpu",
 ]
 
 BASELINE_OVERRIDES = {  # each fits the 4-channel test latent
@@ -36,6 +37,25 @@ def compose_config(overrides: list[str], tmp_path: Path | None = None) -> DictCo
         with open_dict(cfg):
             cfg.paths.runs = str(tmp_path / "runs")
     return cfg
+
+
+def pytest_configure(config):
+    """Tests never see this machine's torch hub cache (downloaded Inception/LPIPS weights would change which
+    code paths run, and how long they take): TORCH_HOME is an empty folder unless a test sets its own."""
+    import tempfile
+
+    os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="gqbench-test-torch-home-")
+
+
+@pytest.fixture(scope="session")
+def weight_files(tmp_path_factory):
+    """Generated (random) weight files: torch-fidelity's Inception and torchvision's AlexNet trunk for lpips."""
+    from weight_files import make_inception_weights, make_torchvision_trunk
+
+    # shared by the xdist workers of one session (writes are atomic, contents seeded)
+    root = Path(os.environ.get("GQBENCH_TEST_WEIGHTS", tmp_path_factory.getbasetemp().parent / "weights"))
+    return {"inception": make_inception_weights(root / "inception.pth"),
+            "alex": make_torchvision_trunk("alex", root / "alexnet.pth")}
 
 
 @pytest.fixture

@@ -80,10 +80,10 @@ def _evaluate_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         torch.manual_seed(0)
         parts = assemble(compose_config(FAST_OVERRIDES))
-        metrics = evaluate(parts.model, parts.data.val, num_images=12, batch_size=4, grid_images=2,
+        result = evaluate(parts.model, parts.data.val, num_images=12, batch_size=4, grid_images=2,
                            device=torch.device("cpu"), grid_file=Path(out_dir, f"grid{world}.png") if rank == 0 else None,
                            seed=3)
-        torch.save(metrics, os.path.join(out_dir, f"eval{world}-{rank}.pt"))
+        torch.save(result.metrics, os.path.join(out_dir, f"eval{world}-{rank}.pt"))
     finally:
         if world > 1:
             dist.destroy_process_group()

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from gqbench import metrics as M
-from gqbench.evaluate import StatAccumulator
+from gqbench.metrics import StatAccumulator
 
 
 def test_psnr_is_per_image_on_the_0_255_scale_without_clamping():
