@@ -79,8 +79,8 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     path = Path(path)
     if not path.exists():
         return None
-    # our own files: they hold RNG states and plain python objects besides tensors
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # tensors and plain containers only (RNG states are tensors): nothing in a checkpoint is ever executed
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

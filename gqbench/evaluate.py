@@ -139,3 +139,9 @@ def write_per_image(path: Path, metrics: list[M.Metric]) -> None:
     table.index.name = "image"
     text = table.to_csv(float_format="%.9g").encode()
     atomic_write_bytes(path, lambda f: f.write(text))
+
+
+if __name__ == "__main__":  # python -m gqbench.evaluate ckpt=PATH ...  (gqbench/checkpoint_evaluation.py)
+    from gqbench.checkpoint_evaluation import main
+
+    raise SystemExit(main())

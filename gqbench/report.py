@@ -14,29 +14,42 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from . import metrics as M
 from .checkpoint import atomic_write_bytes
 from .tracking import default_tracking_uri, silence_mlflow_noise
 
-# (column in search_runs, header, format)
+# (column in search_runs, header, format); metric columns are named by gqbench.metrics' constants
 COLUMNS = [
     ("params.quantizer.name", "method", None),
     ("params.model.name", "backbone", None),
-    ("metrics.codebook_size", "K", "{:.0f}"),
-    ("metrics.codebook_dim", "m", "{:.0f}"),
-    ("metrics.num_codebooks", "groups", "{:.0f}"),
-    ("metrics.bits_per_token", "bits/token", "{:.4g}"),
-    ("metrics.bits_per_pixel", "bpp", "{:.4f}"),
-    ("metrics.psnr", "PSNR↑", "{:.2f}"),
-    ("metrics.ssim", "SSIM↑", "{:.4f}"),
-    ("metrics.codebook_usage", "usage↑", "{:.3f}"),
-    ("metrics.perplexity", "perplexity", "{:.1f}"),
+    (f"metrics.{M.CODEBOOK_SIZE}", "K", "{:.0f}"),
+    (f"metrics.{M.CODEBOOK_DIM}", "m", "{:.0f}"),
+    (f"metrics.{M.NUM_CODEBOOKS}", "groups", "{:.0f}"),
+    (f"metrics.{M.BITS_PER_TOKEN}", "bits/token", "{:.4g}"),
+    (f"metrics.{M.EFFECTIVE_RATE}", "effective bits", "{:.2f}"),
+    (f"metrics.{M.BPP}", "bpp", "{:.4f}"),
+    (f"metrics.{M.PSNR}", "PSNR↑", "{:.2f}"),
+    (f"metrics.{M.SSIM}", "SSIM↑", "{:.4f}"),
+    (f"metrics.{M.LPIPS}", "LPIPS↓", "{:.4f}"),
+    (f"metrics.{M.RFID}", "rFID↓", "{:.2f}"),
+    (f"metrics.{M.CODEBOOK_USAGE}", "usage↑", "{:.3f}"),
+    (f"metrics.{M.USAGE_RELATIVE}", "usage/uniform", "{:.3f}"),
+    (f"metrics.{M.PERPLEXITY}", "perplexity", "{:.1f}"),
     ("metrics.q_bits_mean", "KL bits", "{:.2f}"),
     ("metrics.q_bits_in_band", "in band", "{:.3f}"),
-    ("metrics.continuous_psnr", "PSNR (continuous)", "{:.2f}"),
+    (f"metrics.{M.CONTINUOUS}{M.PSNR}", "PSNR (continuous)", "{:.2f}"),
     ("params.seed", "seed", None),
     ("params.train.max_steps", "steps", None),
     ("metrics.eval_images", "eval images", "{:.0f}"),
 ]
+
+
+def not_available(done: pd.DataFrame, column: str) -> pd.Series:
+    """"n/a (<label>)" where a run recorded the metric as unavailable (tag unavailable.<metric> = "label: why")."""
+    tag = "tags." + M.UNAVAILABLE_TAG + column.split(".", 1)[1]
+    if tag not in done:
+        return pd.Series(None, index=done.index, dtype=object)
+    return done[tag].map(lambda why: f"n/a ({str(why).split(':', 1)[0]})" if isinstance(why, str) else None)
 
 
 def load_runs(experiment: str, tracking_uri: str) -> pd.DataFrame:
@@ -63,9 +76,10 @@ def comparison_table(runs: pd.DataFrame, formatted: bool = True) -> pd.DataFrame
     done = finished_runs(runs)
     table = pd.DataFrame({header: done[col] if col in done else None for col, header, _ in COLUMNS}, index=done.index)
     if formatted:
-        for _, header, fmt in COLUMNS:
+        for col, header, fmt in COLUMNS:
             if fmt is not None:
-                table[header] = table[header].map(lambda v, f=fmt: "–" if pd.isna(v) else f.format(v))
+                cells = table[header].map(lambda v, f=fmt: "–" if pd.isna(v) else f.format(v))
+                table[header] = not_available(done, col).where(table[header].isna(), None).fillna(cells)
     sort_keys = [h for h in ("method", "bits/token", "K", "m", "seed") if h in table]
     return table.sort_values(sort_keys, key=lambda s: pd.to_numeric(s, errors="coerce").fillna(0) if s.name != "method" else s)
 
@@ -91,9 +105,14 @@ def render(experiment: str, runs: pd.DataFrame) -> str:
     failed = unfinished_jobs(runs)
     if len(failed):
         lines += [f"## Failed or interrupted jobs ({len(failed)})", "", failed.to_markdown(index=False), ""]
-    lines += ["PSNR/SSIM: per image on the 0–255 scale, mean over validation images; usage/perplexity over all "
-              "validation indices; KL bits: mean per-group KL on validation (GQ); K, m, groups: the code as built "
-              "(FSQ: K = ∏ levels); bits/token = groups · log2 K; bpp is nominal.", ""]
+    lines += ["PSNR/SSIM: per image on the 0–255 scale, mean over validation images; LPIPS: AlexNet unless the run "
+              "says otherwise; rFID: torch-fidelity Inception, reconstructions vs the originals of the same images "
+              "(protocol in each run's protocol.rfid tag); n/a (why): the metric could not be computed, e.g. no "
+              "weights offline. usage/perplexity over all validation indices; usage/uniform: usage relative to a "
+              "perfectly uniform code seen through as many indices (1.0 = no sign of collapse); effective bits: "
+              "Σ of per-group index entropies (Miller–Madow), beside the nominal bits/token = groups · log2 K. "
+              "KL bits: mean per-group KL on validation (GQ); K, m, groups: the code as built (FSQ: K = ∏ levels); "
+              "bpp is nominal.", ""]
     return "\n".join(lines)
 
 

@@ -126,8 +126,11 @@ def test_cuda_rng_state_is_saved_and_restored_for_the_training_device_only(monke
     assert calls == []
     restore_training_state({"step": 2, "rng": state}, {}, gpu)
     assert calls == [("set", sentinel, gpu)]
-    # non-tensor objects in a checkpoint (stats from numpy, RNG states) load back
-    assert np.float64(1.5) == C.load_checkpoint(_saved({"x": np.float64(1.5)}))["x"]
+    # plain containers load back; anything that needs arbitrary unpickling is refused (weights_only=True)
+    plain = {"x": 1.5, "config": {"a": [1, None, "s"]}, "t": (1, 2)}
+    assert C.load_checkpoint(_saved(plain)) == plain
+    with pytest.raises(Exception, match="Weights only load failed"):
+        C.load_checkpoint(_saved({"x": np.float64(1.5)}))
 
 
 def _saved(obj):

@@ -67,12 +67,13 @@ def test_quantizer_state_is_identical_across_ranks_with_different_data(tmp_path)
     assert states[0]["gq.tdc.lam"].item() != 1.0
 
 
-def _evaluate_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _evaluate_worker(rank: int, world: int, port: int, out_dir: str, inception: str) -> None:
     """Evaluate the same (seeded, untrained) GQ autoencoder on 12 images in batches of 4: 3 batches, so with two
-    ranks rank 0 evaluates two and rank 1 one."""
+    ranks rank 0 evaluates two and rank 1 one. rFID's reference is cached per world size, so both compute it."""
     from conftest import FAST_OVERRIDES, compose_config
     from gqbench.evaluate import evaluate
     from gqbench.job import assemble
+    from gqbench.metrics import build_metrics
 
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -80,9 +81,12 @@ def _evaluate_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         torch.manual_seed(0)
         parts = assemble(compose_config(FAST_OVERRIDES))
+        metrics, _ = build_metrics({"inception_weights": inception, "lpips": False,
+                                    "cache_dir": os.path.join(out_dir, f"cache{world}")}, parts.quantizer,
+                                   is_main=rank == 0)
         result = evaluate(parts.model, parts.data.val, num_images=12, batch_size=4, grid_images=2,
-                           device=torch.device("cpu"), grid_file=Path(out_dir, f"grid{world}.png") if rank == 0 else None,
-                           seed=3)
+                          device=torch.device("cpu"), grid_file=Path(out_dir, f"grid{world}.png") if rank == 0 else None,
+                          seed=3, metrics=metrics)
         torch.save(result.metrics, os.path.join(out_dir, f"eval{world}-{rank}.pt"))
     finally:
         if world > 1:
@@ -91,13 +95,17 @@ def _evaluate_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.job  # a whole evaluation on three processes: left out of mutation runs
 @pytest.mark.timeout(300)
-def test_evaluation_over_two_ranks_with_unequal_batch_counts_equals_one_process(tmp_path):
-    _evaluate_worker(0, 1, 0, str(tmp_path))
-    mp.spawn(_evaluate_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_evaluation_over_two_ranks_with_unequal_batch_counts_equals_one_process(tmp_path, weight_files):
+    inception = str(weight_files["inception"])
+    _evaluate_worker(0, 1, 0, str(tmp_path), inception)
+    mp.spawn(_evaluate_worker, args=(2, _free_port(), str(tmp_path), inception), nprocs=2, join=True)
     one = torch.load(tmp_path / "eval1-0.pt")
     two = [torch.load(tmp_path / f"eval2-{r}.pt") for r in range(2)]
     assert two[0] == two[1]  # every rank returns the merged metrics
     assert one["eval_images"] == two[0]["eval_images"] == 12
     assert "continuous_psnr" in one  # the posterior sample is seeded per batch: the same on any rank
+    # rFID: the feature moments merge exactly, up to summation order (then a 2048² eigen-decomposition)
+    assert two[0].pop("rfid") == pytest.approx(one.pop("rfid"), rel=1e-7)
+    assert {"effective_bits_per_token", "codebook_usage_relative", "ssim"} <= set(one)
     assert two[0] == pytest.approx(one, rel=1e-12, abs=1e-12)
     assert (tmp_path / "grid2.png").read_bytes() == (tmp_path / "grid1.png").read_bytes()

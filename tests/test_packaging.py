@@ -21,6 +21,9 @@ def test_every_config_group_is_packaged():
     packaged = {p for p in setuptools["packages"] if p.startswith("gqbench_conf.")}
     assert groups == packaged, "list every conf/ group in pyproject.toml's [tool.setuptools] packages"
     assert setuptools["package-dir"]["gqbench_conf"] == "conf"
+    code = {".".join(p.parent.relative_to(ROOT).parts) for top in ("gqbench", "quantizers", "kernels")
+            for p in (ROOT / top).rglob("__init__.py")}
+    assert code <= set(setuptools["packages"]), f"list every Python package in pyproject.toml: {sorted(code)}"
 
 
 @pytest.mark.job

@@ -168,6 +168,22 @@ def test_rendered_markdown_is_exactly_the_table_the_failures_and_the_note():
     assert [c.strip() for c in lines[10].strip("|").split("|")] == ["run", "status", "error"]
     assert [c.strip() for c in lines[12].strip("|").split("|")] == ["b", "FAILED", "boom"]
     assert lines[13] == "" and lines[14].startswith("PSNR/SSIM: per image on the 0–255 scale, mean over validation "
-                                                   "images; usage/perplexity over all validation indices; KL bits:")
-    assert lines[14].endswith("K, m, groups: the code as built (FSQ: K = ∏ levels); bits/token = groups · log2 K; "
-                              "bpp is nominal.") and lines[15:] == [""]
+                                                   "images; LPIPS: AlexNet unless the run says otherwise; rFID:")
+    assert "n/a (why): the metric could not be computed" in lines[14]
+    assert lines[14].endswith("K, m, groups: the code as built (FSQ: K = ∏ levels); bpp is nominal.")
+    assert lines[15:] == [""]
+
+
+def test_unavailable_metrics_show_as_na_with_their_label_and_measured_ones_as_numbers():
+    frame = runs_frame([
+        {"tags.signature": "A", "status": "FINISHED", "start_time": 1, "metrics.psnr": 25.0,
+         "tags.unavailable.rfid": "no Inception weights: download failed (URLError ...); put ...",
+         "tags.unavailable.lpips": "images too small: 16 px; LPIPS needs at least 32 px"},
+        {"tags.signature": "B", "status": "FINISHED", "start_time": 2, "metrics.psnr": 26.0, "metrics.rfid": 3.25,
+         "metrics.lpips": 0.125},
+    ])
+    table = report.comparison_table(frame).set_index("PSNR↑")
+    assert table.loc["25.00", "rFID↓"] == "n/a (no Inception weights)"
+    assert table.loc["25.00", "LPIPS↓"] == "n/a (images too small)"
+    assert table.loc["26.00", "rFID↓"] == "3.25" and table.loc["26.00", "LPIPS↓"] == "0.1250"
+    assert table.loc["25.00", "SSIM↑"] == "–"  # absent without a reason: a plain dash
