@@ -83,6 +83,24 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_untrusted(path: Path, option: str) -> dict[str, Any]:
+    """A file someone gave us (a checkpoint, a weights file), with torch.load(weights_only=True): tensors and plain
+    containers only; a file that needs arbitrary unpickling (which could run code) is refused with a ValueError
+    naming `option`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{option}={path} does not exist; give the path of the file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{option}={path} cannot be loaded safely: torch.load(weights_only=True) refused it "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); gqbench loads tensors and "
+                         "plain containers only, and never unpickles arbitrary objects (which could run code)") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{option}={path} holds a {type(state).__name__}, not a dict of tensors")
+    return state
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     text = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
     atomic_write_bytes(path, lambda f: f.write(text))

@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import runtime
-from .checkpoint import write_json
+from .checkpoint import load_untrusted, write_json
 from .config import flatten
 from .evaluate import Evaluation, evaluate
 from .jobdir import JobDir
@@ -47,22 +47,6 @@ COSMETIC_EVAL_KEYS = ("batch_size", "grid_images", "inception_weights", "lpips_w
 
 class CheckpointError(ValueError):
     """The checkpoint cannot be evaluated; the message says why and what to do."""
-
-
-def load_untrusted(path: Path) -> dict[str, Any]:
-    """torch.load with weights_only=True: a file that needs arbitrary unpickling is refused, never executed."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"ckpt={path} does not exist") from None
-    except Exception as exc:
-        raise CheckpointError(
-            f"ckpt={path} cannot be loaded safely: torch.load(weights_only=True) refused it "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). gqbench evaluates checkpoints that hold "
-            "tensors and plain containers only, and never unpickles arbitrary objects (which could run code)") from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"ckpt={path} holds a {type(state).__name__}, not a checkpoint dict")
-    return state
 
 
 def resolve_checkpoint_path(value: str) -> Path:
@@ -157,7 +141,7 @@ def evaluate_checkpoint(path: Path, overrides: list[str], out: str | None = None
     from .job import assemble
     from .tracking import silence_mlflow_noise
 
-    state = load_untrusted(path)
+    state = load_untrusted(path, "ckpt")
     authors = is_authors_checkpoint(state)
     if authors:
         size = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("data.image_size=")), 256)

@@ -41,9 +41,9 @@ def load_lpips(net: str, device: torch.device | str = "cpu", weights: str | Path
 
 def _build(lpips, net: str, device, weights, option: str) -> nn.Module:
     if weights is not None:
-        from .metrics.fid import check_weights_file  # the same untrusted-file rule as every weights file
+        from .checkpoint import load_untrusted
 
-        trunk = check_weights_file(Path(weights).expanduser(), option)
+        trunk = load_untrusted(Path(weights).expanduser(), option)
         model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
         load_trunk(model, trunk, option, weights)
         return model.eval().requires_grad_(False).to(device)

@@ -201,3 +201,24 @@ def test_an_authors_style_lightning_checkpoint_evaluates_like_the_same_weights_i
     for key in ("psnr", "ssim", "codebook_usage", "bits_per_token", "continuous_psnr"):
         assert result.metrics[key] == pytest.approx(direct.metrics[key], rel=1e-9), key
     assert result.metrics["bits_per_token"] == 16 and result.metrics["tokens_per_image"] == 16 * 16
+
+
+def test_the_evaluator_on_two_torchrun_processes_gives_the_one_process_numbers(fast_cfg, tmp_path, weight_files):
+    import os
+
+    run_job(fast_cfg, output_dir=tmp_path / "out")
+    job_dir = next((tmp_path / "runs" / "jobs").iterdir())
+    common = [f"ckpt={job_dir}", "eval.batch_size=6", f"eval.inception_weights={weight_files['inception']}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "gqbench.evaluate", *common, f"out={tmp_path / 'two'}", f"eval.cache_dir={tmp_path / 'c2'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "gqbench.evaluate", *common, f"out={tmp_path / 'one'}",
+                             f"eval.cache_dir={tmp_path / 'c1'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=400)  # the same thread count as each rank: the same summation order
+    assert single.returncode == 0, single.stderr[-3000:]
+    one, two = (json.loads((tmp_path / d / "metrics.json").read_text())["metrics"] for d in ("one", "two"))
+    assert two["eval_images"] == 16  # 3 batches of 6: rank 0 takes two, rank 1 one
+    assert two.pop("rfid") == pytest.approx(one.pop("rfid"), rel=1e-7)
+    assert two == pytest.approx(one, rel=1e-12, abs=1e-12)

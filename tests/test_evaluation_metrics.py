@@ -13,7 +13,7 @@ import torch
 
 from gqbench import metrics as M
 from gqbench.data import bundled
-from gqbench.metrics.fid import GaussianMoments, ReferenceCache, Rfid, check_weights_file, load_inception
+from gqbench.metrics.fid import GaussianMoments, ReferenceCache, Rfid, load_inception
 
 
 def natural_images(size: int, count: int = 6) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-from ..checkpoint import atomic_write_bytes
+from ..checkpoint import atomic_write_bytes, load_untrusted
 from ..runtime import broadcast_object
 from .base import EvalBatch, Metric, MetricUnavailable
 
@@ -53,22 +53,6 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def check_weights_file(path: Path, option: str) -> dict[str, Tensor]:
-    """The state dict in `path`, loaded with weights_only=True: a file that needs arbitrary unpickling (which
-    could run code) is refused with an error naming `option`."""
-    if not path.is_file():
-        raise ValueError(f"{option}={path} does not exist; give the path of the weights file, or null")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{option}={path} is not a plain tensor state dict (torch.load(weights_only=True) "
-                         f"refused it: {type(exc).__name__}: {str(exc).splitlines()[0]}); we do not unpickle "
-                         "arbitrary objects from weight files") from exc
-    if not isinstance(state, dict):
-        raise ValueError(f"{option}={path} holds a {type(state).__name__}, not a state dict")
-    return state
 
 
 def hub_file(name: str) -> Path:
@@ -107,7 +91,7 @@ def load_inception(path: str | None, download: bool = True) -> tuple[torch.nn.Mo
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     weights = find_inception_weights(path, download)
-    check_weights_file(weights, "eval.inception_weights")  # torch-fidelity itself loads with weights_only=False
+    load_untrusted(weights, "eval.inception_weights")  # torch-fidelity itself loads with weights_only=False
     extractor = FeatureExtractorInceptionV3(EXTRACTOR, [FEATURE], feature_extractor_weights_path=str(weights))
     ident = f"torch-fidelity {torch_fidelity.__version__} {EXTRACTOR} {FEATURE}-d weights sha256:{file_sha256(weights)[:16]}"
     return extractor, ident
