@@ -198,3 +198,28 @@ def test_usage_merged_from_two_shards_equals_one_counter():
     merged.merge(shards)
     assert merged.summary() == one.summary()
     assert math.isclose(sum(merged.counts[0].tolist()), 6 * 9)
+
+
+def test_the_reference_key_follows_the_evaluated_images_content(tmp_path):
+    import os
+
+    from torch.utils.data import Subset
+
+    from gqbench.data import ImageFolderDataset, TensorImageDataset
+    from gqbench.metrics.fid import dataset_fingerprint
+
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(b"x" * (i + 1))
+    folder = ImageFolderDataset(files, image_size=32)
+    before = dataset_fingerprint(folder)
+    assert dataset_fingerprint(ImageFolderDataset(list(files), image_size=32)) == before  # no decoding, stable
+    assert dataset_fingerprint(Subset(folder, [0, 1])) != before
+    assert dataset_fingerprint(Subset(Subset(folder, [2, 1, 0]), [2])) == dataset_fingerprint(Subset(folder, [0]))
+    os.utime(files[1], ns=(1, 1))  # a replaced file (same name) is other images
+    assert dataset_fingerprint(folder) != before
+    pixels = torch.zeros(2, 3, 8, 8)
+    in_memory = dataset_fingerprint(TensorImageDataset(pixels))
+    pixels[1, 0, 0, 0] = 0.5
+    assert dataset_fingerprint(TensorImageDataset(pixels)) != in_memory
