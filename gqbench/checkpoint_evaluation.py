@@ -1,8 +1,8 @@
 """`python -m gqbench.evaluate ckpt=PATH [overrides]`: evaluate a checkpoint outside of training.
 
     python -m gqbench.evaluate ckpt=runs/jobs/<signature>/last.pt
-    python -m gqbench.evaluate ckpt=runs/jobs/<signature> data=imagefolder data.root=/data/imagenet/val \\
-        data.val_fraction=1.0 eval.num_images=50000 eval.inception_weights=/models/inception.pth
+    python -m gqbench.evaluate ckpt=runs/jobs/<signature> data=imagefolder data.root=/data/imagenet \\
+        eval.num_images=50000 eval.inception_weights=/models/inception.pth        (evaluates root/val/)
     torchrun --nproc_per_node=8 -m gqbench.evaluate ckpt=... device=cuda      (shards the images over ranks)
     python -m gqbench.evaluate ckpt=sd3unet_gq_0.25.ckpt data=imagefolder ...  (the GQ authors' checkpoint)
 
@@ -125,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench([a for a in argv if a != "--bench"])
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     try:
         options, overrides = split_arguments(argv)
         evaluate_checkpoint(resolve_checkpoint_path(options["ckpt"]), overrides, options.get("out"))
-    except (CheckpointError, RequiredMetricUnavailable, HydraException, OSError, ValueError) as exc:
+    except (CheckpointError, RequiredMetricUnavailable, HydraException, OmegaConfBaseException, OSError,
+            ValueError) as exc:
         cause = exc.__cause__ if isinstance(exc, HydraException) and exc.__cause__ is not None else exc
         print(f"error: {' '.join(str(cause).split())}", file=sys.stderr)
         return 2
