@@ -26,9 +26,27 @@ PRIMARY = {"data", "model", "quantizer", "train", "loss", "eval", "tracking", "p
 def test_every_option_composes_and_resolves(group, option, tmp_path):
     plus = "" if group in PRIMARY else "+"  # groups outside the defaults list are appended
     overrides = [f"{plus}{group}={option}"] + (["data.root=/some/where"] if option == "imagefolder" else [])
+    if group == "cluster":  # a cluster profile configures the SLURM launcher (tests below)
+        overrides.append("hydra/launcher=submitit_slurm")
     cfg = compose_config(overrides, tmp_path)
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     check_targets(cfg)
+
+
+def test_a_cluster_profile_on_the_command_line_configures_the_slurm_launcher():
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=submitit_slurm", "+cluster=example"],
+                      return_hydra_config=True)
+        launcher = cfg.hydra.launcher
+        assert launcher._target_.endswith("SlurmLauncher")
+        assert (launcher.partition, launcher.max_num_timeout, launcher.signal_delay_s) == ("gpu", 3, 120)
+        assert list(launcher.setup) == ["source ~/envs/gqbench/bin/activate"] and "cluster" not in cfg
+        # with the basic launcher the profile's keys do not exist: an error at start, not a silently local sweep
+        with pytest.raises(ConfigCompositionException):
+            compose("config", overrides=["+cluster=example"], return_hydra_config=True)
 
 
 @pytest.mark.parametrize("experiment", sorted(f.stem for f in (CONF_DIR / "experiment").glob("*.yaml")))
