@@ -62,10 +62,11 @@ class CodebookCounter(Metric):
             indices = indices.out.quant.indices
         flat = indices.detach().transpose(0, 1).reshape(indices.shape[1], -1)
         offsets = torch.arange(flat.shape[0], device=flat.device).unsqueeze(1) * self.codebook_size
-        counts = torch.bincount((flat + offsets).reshape(-1), minlength=self.counts.numel())
-        if self.counts.device != counts.device:
-            self.counts = self.counts.to(counts.device)
-        self.counts += counts.view_as(self.counts)
+        codes = (flat + offsets).reshape(-1)
+        if self.counts.device != codes.device:
+            self.counts = self.counts.to(codes.device)
+        # index_add_, not bincount: CUDA's bincount reads the input's max back to the host on every call
+        self.counts.view(-1).index_add_(0, codes, torch.ones_like(codes))
 
     def state(self) -> Tensor:
         return self.counts.cpu()
