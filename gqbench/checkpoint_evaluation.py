@@ -163,7 +163,8 @@ def evaluate_checkpoint(path: Path, overrides: list[str], out: str | None = None
     silence_mlflow_noise()
     with runtime.process_group(ranks, device, cfg.get("runtime", {}).get("collective_timeout_s", 600)):
         runtime.seed_everything(cfg.seed)
-        metrics, unavailable = build_metrics(cfg.eval, _quantizer_of(cfg), is_main=ranks.is_main)
+        with torch.random.fork_rng(devices=[]):  # as in training: the model's RNG stream is the job's
+            metrics, unavailable = build_metrics(cfg.eval, _quantizer_of(cfg), is_main=ranks.is_main)
         parts = assemble(cfg)
         try:
             missing, unexpected = parts.model.load_state_dict(weights, strict=False)

@@ -100,8 +100,10 @@ def _run_locked(cfg, ranks: runtime.Ranks, device, jobdir: JobDir, output_dir: P
         n_params = sum(p.numel() for p in model.parameters())
         log.info("data: %s", parts.data.description)
         log.info("model: %s, %.2fM parameters; quantizer: %s", cfg.model.name, n_params / 1e6, parts.quantizer.extra_repr())
-        # weights for rFID/LPIPS are found (or found missing) before training: eval.require_* fails here
-        eval_metrics, unavailable = build_metrics(cfg.eval, parts.quantizer, is_main=ranks.is_main)
+        # weights for rFID/LPIPS are found (or found missing) before training: eval.require_* fails here. Building
+        # the networks initialises layers from the global RNG: fork it, so training never depends on eval settings
+        with torch.random.fork_rng(devices=[]):
+            eval_metrics, unavailable = build_metrics(cfg.eval, parts.quantizer, is_main=ranks.is_main)
         log_metrics = tracker.log_metrics if tracker is not None else (lambda metrics, step: None)
         log_metrics({"model_parameters": n_params}, 0)
         train_stats = train(cfg, model, parts.data.train, jobdir, device, log_metrics, ranks=ranks, on_step=on_step,

@@ -61,6 +61,16 @@ def test_offline_job_completes_and_records_rfid_and_lpips_as_unavailable_with_th
     assert table["LPIPS↓"].tolist() == ["n/a (no LPIPS-alex weights)"]
 
 
+def test_training_does_not_depend_on_whether_evaluation_weights_exist(weight_files, tmp_path):
+    """Building Inception/LPIPS initialises layers from the global RNG; the job forks it, so the same job trains
+    to the same weights with and without the weight files (GQ draws its posterior samples from that RNG)."""
+    without = run_job(compose_config(AT_32_PX, tmp_path / "a"), output_dir=tmp_path / "oa")
+    with_them = run_job(compose_config(AT_32_PX + with_weights(weight_files), tmp_path / "b"), output_dir=tmp_path / "ob")
+    assert "lpips" in with_them and "lpips" not in without
+    for key in ("train_final_loss", "psnr", "ssim", "codebook_usage", "continuous_psnr", "q_bits_mean"):
+        assert with_them[key] == without[key], key
+
+
 def test_a_required_metric_without_weights_stops_the_job_before_any_training_step(tmp_path):
     runs = tmp_path / "runs"
     started = time.monotonic()
