@@ -107,14 +107,14 @@ def evaluate(
 
     shards = gather_objects(([metric.state() for metric in metrics], tokens_per_image))
     result = Evaluation({"eval_images": float(len(val_set))},
-                        unavailable={k: f"{v.label}: {v.reason}" for k, v in unavailable.items()})
+                        unavailable={k: v.describe() for k, v in unavailable.items()})
     for i, metric in enumerate(metrics):
         metric.merge([shard[0][i] for shard in shards])
         try:
             result.metrics.update(metric.summary())
             result.protocol.update(metric.protocol())
         except M.MetricUnavailable as exc:
-            result.unavailable[exc.metric] = f"{exc.label}: {exc.reason}"
+            result.unavailable[exc.metric] = exc.describe()
     tokens_per_image = next(shard[1] for shard in shards if shard[1] is not None)
     q = model.quantizer
     result.metrics.update(M.rate(q.bits_per_token, tokens_per_image, image_size))

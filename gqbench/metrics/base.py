@@ -29,8 +29,9 @@ class MetricUnavailable(RuntimeError):
         super().__init__(f"{metric} is unavailable ({label}): {reason}")
         self.metric, self.label, self.reason = metric, label, reason
 
-    def as_tag(self) -> tuple[str, str]:
-        return UNAVAILABLE_TAG + self.metric, f"{self.label}: {self.reason}"
+    def describe(self) -> str:
+        """"<label>: <reason>", the value of the metric's unavailable.<metric> tag (tables show the label)."""
+        return f"{self.label}: {self.reason}"
 
 
 @dataclass
