@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.utils import save_image
 from tqdm import tqdm
 
 from . import metrics as M
@@ -123,6 +122,8 @@ def evaluate(
         log.warning("%s unavailable: %s", name, why)
 
     if grid_file is not None and grid_rows:
+        from torchvision.utils import save_image  # torchvision costs seconds to import: only when writing a grid
+
         grid_file.parent.mkdir(parents=True, exist_ok=True)
         rows = torch.cat(grid_rows).clamp(-1, 1).add(1).div(2).cpu()
         save_image(rows, grid_file, nrow=len(grid_rows[0]), padding=1)

@@ -6,8 +6,9 @@ MLflow run, the checkpoint and the job folder's files; every rank trains on its 
 evaluates its shard of the validation images.
 
 A job's state lives in its JobDir (`<paths.runs>/jobs/<signature>/`): running the same job again resumes from
-its last checkpoint, and a finished job is evaluated again without retraining. Hydra's own output folder gets
-the logs, the resolved config and a copy of metrics.json.
+its last checkpoint; a finished job is skipped, or evaluated again without retraining when its evaluation
+settings changed (gqbench.rerun; `rerun=eval|all` on purpose), always into the same MLflow run. Hydra's own
+output folder gets the logs, the resolved config and a copy of metrics.json.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from .config import check_targets, flatten, quantizer_kwargs, safe_instantiate
 from .evaluate import Evaluation, evaluate
 from .metrics import build_metrics
 from .jobdir import JobDir
+from .rerun import archive_finished, eval_identity, plan, summary
 from .models.autoencoder import Autoencoder, build_autoencoder
-from .tracking import Tracker, silence_mlflow_noise
+from .tracking import DESCRIPTION_TAG, PARENT_TAG, ROLE_TAG, Tracker, silence_mlflow_noise
 from .train import train
 
 log = logging.getLogger("gqbench")
@@ -68,9 +70,19 @@ def run_job(cfg: DictConfig, output_dir: Path | None = None, on_step: Callable[[
     timeout = cfg.get("runtime", {}).get("collective_timeout_s", 600)
     with runtime.process_group(ranks, device, timeout), runtime.job_lock(ranks, jobdir.lock), \
             runtime.StopSignals() as stop:
+        job_plan = plan(cfg, jobdir) if ranks.is_main else None
         if ranks.is_main:
+            log.info("job %s  %s: %s", cfg.job_name, jobdir.signature, job_plan.reason)
+            if job_plan.action == "skip":
+                log.info("nothing to do (%s); rerun=eval or rerun=all to redo it", summary(job_plan.record))
+                write_json(Path(output_dir) / JobDir.METRICS, job_plan.record)
+            if job_plan.action == "train" and job_plan.record is not None:
+                log.info("moved the finished training to %s", archive_finished(jobdir))
             for stale in jobdir.remove_stale_temporaries():
                 log.info("removed %s, left by an interrupted write", stale.name)
+        job_plan = runtime.broadcast_object(job_plan)  # after rank 0 moved files: every rank sees the same folder
+        if job_plan.action == "skip":
+            return dict(job_plan.record["metrics"])
         return _run_locked(cfg, ranks, device, jobdir, Path(output_dir), started, on_step, stop)
 
 
@@ -80,14 +92,15 @@ def _run_locked(cfg, ranks: runtime.Ranks, device, jobdir: JobDir, output_dir: P
     tracker = None
     if ranks.is_main:
         tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.paths.runs, jobdir)
+        provenance = runtime.provenance_tags()  # again on every restart: host, commit, SLURM ids may change
         tracker.start(cfg.tracking.run_name, tags={
             "signature": jobdir.signature, "quantizer": cfg.quantizer.name, "model": cfg.model.name,
             "data": cfg.data._target_.rsplit(".", 1)[-1], "output_dir": str(output_dir), "job_dir": str(jobdir.path),
             # CPU results are bit-reproducible only for the same torch build and thread count (summation order)
             "torch_version": torch.__version__, "torch_threads": str(torch.get_num_threads()), "device": str(device),
-            "world_size": str(ranks.world_size), "launcher": ranks.launcher,
+            "world_size": str(ranks.world_size), "launcher": ranks.launcher, **provenance,
+            **tracking_tags(cfg, jobdir, provenance["git_commit"]),
         })
-        tracker.set_tags(runtime.provenance_tags())  # again on every restart: host, commit, SLURM ids may change
         log.info("job %s  signature %s  device %s  ranks %d (%s)  job folder %s", cfg.job_name, jobdir.signature,
                  device, ranks.world_size, ranks.launcher, jobdir.path)
         log.info("MLflow: %s  run %s", tracker.uri, tracker.run_id)
@@ -104,6 +117,8 @@ def _run_locked(cfg, ranks: runtime.Ranks, device, jobdir: JobDir, output_dir: P
         # the networks initialises layers from the global RNG: fork it, so training never depends on eval settings
         with torch.random.fork_rng(devices=[]):
             eval_metrics, unavailable = build_metrics(cfg.eval, parts.quantizer, is_main=ranks.is_main)
+        if tracker is not None:
+            tracker.log_dataset(*dataset_input(cfg), context="training")
         log_metrics = tracker.log_metrics if tracker is not None else (lambda metrics, step: None)
         log_metrics({"model_parameters": n_params}, 0)
         train_stats = train(cfg, model, parts.data.train, jobdir, device, log_metrics, ranks=ranks, on_step=on_step,
@@ -126,12 +141,48 @@ def _run_locked(cfg, ranks: runtime.Ranks, device, jobdir: JobDir, output_dir: P
         raise
 
 
+def tracking_tags(cfg: DictConfig, jobdir: JobDir, git_commit: str) -> dict[str, str]:
+    """What MLflow's UI shows of a job: its parent sweep run, a description a person can read, the source."""
+    q, t = cfg.quantizer, cfg.train
+    swept = cfg.tracking.get("swept") or ""
+    description = (f"{q.name} with codebook size {q.codebook_size} (dims per group {q.codebook_dim}) on {cfg.model.name}, "
+                   f"{t.max_steps} steps at batch {t.batch_size}, seed {cfg.seed}"
+                   + (f"; swept: {swept}" if swept else "") + f". Job folder {jobdir.path}.")
+    tags = {DESCRIPTION_TAG: description, "mlflow.source.name": "gqbench.sweep", "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": git_commit, ROLE_TAG: "job"}
+    if swept:
+        tags["swept"] = swept
+    if cfg.tracking.get("parent_run_id"):
+        tags[PARENT_TAG] = cfg.tracking.parent_run_id
+    return tags
+
+
+def dataset_input(cfg: DictConfig):
+    """(name, digest, source) of the job's data for MLflow's Dataset column: the builder and image size, the
+    sha1 of the resolved data config (the data part of the job's signature), and where the images come from."""
+    import hashlib
+    import json
+
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
+
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    builder = str(data.get("_target_", "data")).rsplit(".", 1)[-1]
+    digest = hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    if data.get("root"):
+        source = FileSystemDatasetSource(str(Path(data["root"]).resolve()))
+    else:
+        source = CodeDatasetSource({k: str(v) for k, v in data.items()})
+    return f"{builder}-{data.get('image_size')}px", digest, source
+
+
 def _record_finished(cfg: DictConfig, tracker: Tracker, jobdir: JobDir, output_dir: Path, evaluation: Evaluation) -> None:
     metrics = evaluation.metrics
     tracker.log_metrics(metrics, cfg.train.max_steps)
     tracker.set_tags(evaluation.tags())
     record = {"status": "finished", "signature": jobdir.signature, "mlflow_run_id": tracker.run_id, "metrics": metrics,
-              "protocol": evaluation.protocol, "unavailable": evaluation.unavailable}
+              "eval_identity": eval_identity(cfg), "protocol": evaluation.protocol,
+              "unavailable": evaluation.unavailable}
     for path in {jobdir.metrics, output_dir / JobDir.METRICS}:
         write_json(path, record)
     jobdir.config.write_text(OmegaConf.to_yaml(cfg, resolve=True))

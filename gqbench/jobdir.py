@@ -7,10 +7,13 @@ in it. Every module that reads or writes a job's files asks this object for the 
     reconstructions.png          the evaluation grid (originals, reconstructions[, continuous path])
     mlflow_run_id.<experiment>   the job's MLflow run in that experiment, so a resumed job logs into it
     .lock                        held by the job's rank 0 while it runs (one process group per job folder)
+    previous/<time>/             an earlier finished training, moved aside by rerun=all (gqbench.rerun)
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -25,6 +28,7 @@ class JobDir:
     PER_IMAGE = "per_image.csv"
     RUN_ID = "mlflow_run_id"
     LOCK = ".lock"
+    PREVIOUS = "previous"
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -61,6 +65,14 @@ class JobDir:
     @property
     def lock(self) -> Path:
         return self.path / self.LOCK
+
+    def finished_record(self) -> dict[str, Any] | None:
+        """metrics.json when it says the job finished (written atomically, so it is whole or absent)."""
+        try:
+            record = json.loads(self.metrics.read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and record.get("status") == "finished" else None
 
     def run_id_file(self, experiment_id: str) -> Path:
         return self.path / f"{self.RUN_ID}.{experiment_id}"

@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import metrics as M
 from .checkpoint import atomic_write_bytes
-from .tracking import default_tracking_uri, silence_mlflow_noise
+from .tracking import default_tracking_uri, job_runs, silence_mlflow_noise
 
 # (column in search_runs, header, format); metric columns are named by gqbench.metrics' constants
 COLUMNS = [
@@ -56,7 +56,7 @@ def load_runs(experiment: str, tracking_uri: str) -> pd.DataFrame:
     mlflow.set_tracking_uri(tracking_uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         raise SystemExit(f"no MLflow experiment named {experiment!r} in {tracking_uri}; run the sweep first")
-    runs = mlflow.search_runs(experiment_names=[experiment], max_results=100_000)
+    runs = job_runs(mlflow.search_runs(experiment_names=[experiment], max_results=100_000))
     if runs.empty:
         raise SystemExit(f"MLflow experiment {experiment!r} in {tracking_uri} has no runs yet")
     return runs

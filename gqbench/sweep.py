@@ -12,8 +12,18 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .job import run_job
 
+
+def register_sweeper() -> None:
+    """Hydra finds plugins by walking the hydra_plugins namespace, which misses an editable install's import hook:
+    register gqbench's sweeper (hydra_plugins/gqbench_sweeper) explicitly, whatever the install."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.gqbench_sweeper import GqbenchSweeper
+
+    Plugins.instance().register(GqbenchSweeper)
+
+
+register_sweeper()
 
 
 def config_dir() -> Path:
@@ -62,6 +72,8 @@ def hydra_flags_first(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, float]:
+    from .job import run_job  # here, not above: the launch host of a sweep needs neither torch nor the models
+
     return run_job(cfg)
 
 

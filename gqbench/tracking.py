@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-
 if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
     from .jobdir import JobDir
+
+# mlflow is imported where it is used: it costs seconds, and a sweep whose jobs all finished never needs it
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+def get_or_create_experiment(client: "MlflowClient", name: str, artifact_location: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return client.create_experiment(name, artifact_location=artifact_location)
@@ -90,39 +91,60 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_location:
     return experiment.experiment_id
 
 
+def open_experiment(uri: str | None, experiment: str, runs_dir: Path) -> tuple["MlflowClient", str]:
+    """A client on the store (the default sqlite file when `uri` is None) and the experiment's id, created if
+    needed. Creating a fresh store or experiment happens under an exclusive file lock in the runs folder."""
+    runs_dir = Path(runs_dir).resolve()
+    uri = uri or default_tracking_uri(runs_dir)
+    artifact_location = (runs_dir / "mlartifacts" / experiment).as_uri() if uri.startswith("sqlite:") else None
+    warn_if_sqlite_on_a_shared_filesystem(uri)
+    from mlflow.tracking import MlflowClient
+
+    with file_lock(runs_dir / ".mlflow.lock"):
+        # the client creates (migrates) a fresh store on construction: that too must happen under the lock
+        client = MlflowClient(tracking_uri=uri)
+        return client, get_or_create_experiment(client, experiment, artifact_location)
+
+
+PARENT_TAG = "mlflow.parentRunId"          # MLflow's UI nests a run under this run id
+DESCRIPTION_TAG = "mlflow.note.content"    # shown as the run's description
+ROLE_TAG = "gqbench.role"                  # "sweep" for a sweep's parent run, "job" for a job's run
+
+
+def job_runs(runs):
+    """The rows of an mlflow.search_runs DataFrame that are jobs, not sweeps' parent runs."""
+    column = f"tags.{ROLE_TAG}"
+    return runs if column not in runs else runs[runs[column].fillna("job") != "sweep"]
+
+
 class Tracker:
-    """One MLflow run for one job. The job folder keeps the run id so a resumed job logs into the same run."""
+    """One MLflow run for one job. The job folder keeps the run id so a resumed, requeued or re-evaluated job
+    logs into the same run."""
 
     def __init__(self, uri: str | None, experiment: str, runs_dir: Path, jobdir: "JobDir"):
         self.runs_dir = Path(runs_dir).resolve()
         self.uri = uri or default_tracking_uri(self.runs_dir)
         self.jobdir = jobdir
-        artifact_location = None
-        if self.uri.startswith("sqlite:"):
-            artifact_location = (self.runs_dir / "mlartifacts" / experiment).as_uri()
-        warn_if_sqlite_on_a_shared_filesystem(self.uri)
-        with file_lock(self.runs_dir / ".mlflow.lock"):
-            # the client creates (migrates) a fresh store on construction: that too must happen under the lock
-            self.client = MlflowClient(tracking_uri=self.uri)
-            self.experiment_id = get_or_create_experiment(self.client, experiment, artifact_location)
+        self.client, self.experiment_id = open_experiment(self.uri, experiment, self.runs_dir)
         self.run_id: str | None = None
 
     def start(self, run_name: str, tags: dict[str, str]) -> str:
-        """Resume this job's unfinished run in the same experiment, or create a new one (a finished run is
-        never reopened; a job shared by two experiments gets a run in each)."""
+        """Reopen this job's run in this experiment (unless it was deleted), or create one. `tags` are set on
+        either (a re-run may come from another sweep: its parent tag moves to that sweep's run)."""
         id_file = self.jobdir.run_id_file(self.experiment_id)
         previous = id_file.read_text().strip() if id_file.exists() else None
         if previous:
             try:
                 run = self.client.get_run(previous)
-                if run.info.status != "FINISHED" and run.info.lifecycle_stage == "active":
+                if run.info.lifecycle_stage == "active":
                     self.client.update_run(previous, status="RUNNING")
                     if "error" in run.data.tags:
                         self.client.delete_tag(previous, "error")
                     self.run_id = previous
-                    log.info("MLflow: resuming run %s", previous)
+                    self.set_tags(tags)
+                    log.info("MLflow: reopening run %s", previous)
             except Exception as exc:  # the store was moved or wiped: start a new run
-                log.warning("MLflow: cannot resume run %s (%s); starting a new one", previous, exc)
+                log.warning("MLflow: cannot reopen run %s (%s); starting a new one", previous, exc)
         if self.run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
@@ -130,16 +152,31 @@ class Tracker:
             id_file.write_text(self.run_id)
         return self.run_id
 
+    def log_dataset(self, name: str, digest: str, source: Any, context: str) -> None:
+        """The run's Dataset column: `source` is an mlflow.data DatasetSource; digest, the data signature."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = MetaDataset(source, name=name, digest=digest)._to_mlflow_entity()
+        self.client.log_inputs(self.run_id, datasets=[
+            DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+
     def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
         existing = self.client.get_run(self.run_id).data.params
         fresh = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
         for i in range(0, len(fresh), 100):  # MLflow accepts at most 100 params per batch
             self.client.log_batch(self.run_id, params=fresh[i : i + 100])
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         batch = [Metric(k.replace("@", "_"), float(v), now, step) for k, v in metrics.items() if v is not None]
         for i in range(0, len(batch), 1000):

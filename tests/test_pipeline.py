@@ -128,7 +128,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path):
     client, runs = only_run(tmp_path / "b" / "runs")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run, resumed
 
-    # a finished job is evaluated again, not retrained
+    # a finished job is neither retrained nor evaluated again (gqbench.rerun; tests/test_sweeps.py)
     steps_again = []
     again = run_job(cfg, output_dir=tmp_path / "b" / "out3", on_step=steps_again.append)
     assert steps_again == [] and again["psnr"] == straight["psnr"]
@@ -171,8 +171,12 @@ def test_cli_job_sweep_and_report(tmp_path):
     assert sweep.returncode != 0 and "codebook_size=100 is not a power of 2" in sweep.stderr
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("sweep_test")
-    runs_by_k = {r.data.params["quantizer.codebook_size"]: r for r in client.search_runs([exp.experiment_id])}
+    found = client.search_runs([exp.experiment_id])
+    runs_by_k = {r.data.params["quantizer.codebook_size"]: r for r in found if r.data.tags["gqbench.role"] == "job"}
     assert {k: r.info.status for k, r in runs_by_k.items()} == {"8": "FINISHED", "100": "FAILED", "32": "FINISHED"}
+    (parent,) = [r for r in found if r.data.tags["gqbench.role"] == "sweep"]  # one failed job fails the sweep run
+    assert parent.info.status == "FAILED" and "2 of 3 launched jobs" not in sweep.stderr
+    assert "1 of 3 launched jobs failed" in sweep.stderr
     finished = [runs_by_k["8"], runs_by_k["32"]]
 
     report = cli(["gqbench.report", "--experiment", "sweep_test", "--tracking-uri", f"sqlite:///{db}",
@@ -289,7 +293,8 @@ def test_sigterm_stops_a_local_multirun_after_recording_the_running_job(tmp_path
     assert "#1 :" not in output  # the second job never started
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("sigterm").experiment_id])
-    assert [r.info.status for r in runs] == ["KILLED"], output[-3000:]
+    statuses = {r.data.tags["gqbench.role"]: r.info.status for r in runs}
+    assert len(runs) == 2 and statuses == {"job": "KILLED", "sweep": "KILLED"}, output[-3000:]
 
 
 def test_a_diverging_run_stops_with_the_step_range_and_keeps_its_last_good_checkpoint(fast_cfg, tmp_path, monkeypatch):
