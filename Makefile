@@ -25,9 +25,10 @@ demo: venv
 	$(PY) -m gqbench.sweep -m +experiment=quickstart
 	$(PY) -m gqbench.report --experiment quickstart
 
-# one pytest worker per core: the slow tests are subprocess jobs and CLI runs that parallelise well
+# one pytest worker per core: the slow tests are subprocess jobs and CLI runs that parallelise well; tests of one
+# xdist_group (the SLURM ones share a cluster) run on one worker
 test: venv
-	$(PY) -m pytest -q -n auto tests
+	$(PY) -m pytest -q -n auto --dist loadgroup tests
 
 # Mutation testing (README, Contributing): mutmut over the modules listed in pyproject's [tool.mutmut], killed
 # by the unit tests only; prints the score and every mutant no test killed. About 40 min on 2 cores.
