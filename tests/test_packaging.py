@@ -21,7 +21,7 @@ def test_every_config_group_is_packaged():
     packaged = {p for p in setuptools["packages"] if p.startswith("gqbench_conf.")}
     assert groups == packaged, "list every conf/ group in pyproject.toml's [tool.setuptools] packages"
     assert setuptools["package-dir"]["gqbench_conf"] == "conf"
-    code = {".".join(p.parent.relative_to(ROOT).parts) for top in ("gqbench", "quantizers", "kernels")
+    code = {".".join(p.parent.relative_to(ROOT).parts) for top in ("gqbench", "quantizers", "kernels", "hydra_plugins")
             for p in (ROOT / top).rglob("__init__.py")}
     assert code <= set(setuptools["packages"]), f"list every Python package in pyproject.toml: {sorted(code)}"
 
@@ -61,7 +61,12 @@ def test_the_installed_wheel_runs_a_job_from_any_folder(tmp_path):
     assert composed.returncode == 0 and "quantizer:" in composed.stdout, composed.stderr[-3000:]
 
     runs = tmp_path / "runs"
-    job = run("-m", "gqbench.sweep", *FAST_OVERRIDES, "train.max_steps=1", f"paths.runs={runs}")
+    # a one-job sweep: the installed copy's sweeper (hydra_plugins.gqbench_sweeper) plans and launches it
+    job = run("-m", "gqbench.sweep", "-m", *FAST_OVERRIDES, "train.max_steps=1", f"paths.runs={runs}",
+              f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert job.returncode == 0, job.stderr[-3000:]
+    assert "job 0" in job.stdout + job.stderr and "new" in job.stdout + job.stderr
     (record,) = runs.glob("jobs/*/metrics.json")
     assert json.loads(record.read_text())["status"] == "finished"
+    plugin = run("-c", "import hydra_plugins.gqbench_sweeper as p; print(p.__file__)")
+    assert plugin.stdout.startswith(str(target)), plugin.stdout + plugin.stderr
