@@ -22,7 +22,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import socket
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, List, Sequence
@@ -176,20 +179,64 @@ def failed_results_are_returned() -> Iterator[None]:
         submitit.AutoExecutor = original
 
 
+# SLURM job states in which a job may still write its result (squeue/scontrol's JobState)
+SLURM_ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+                       "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "PREEMPTED", "RESV_DEL_HOLD", "STOPPED"}
+
+
+def slurm_job_state(job_id: str) -> str | None:
+    """JobState from `scontrol show job` (which works without accounting, until MinJobAge after the end): the
+    state, "GONE" when slurmctld no longer knows the job, None when scontrol cannot be asked."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
+                               timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if shown.returncode != 0:
+        return "GONE" if "Invalid job id" in shown.stderr else None
+    found = re.search(r"JobState=(\S+)", shown.stdout)
+    return found.group(1) if found else None
+
+
 class ResultOrFailure:
-    def __init__(self, job: Any):
-        self.job = job
+    """A submitit job whose results() returns a FAILED JobReturn for a job that ended without a result.
+
+    submitit learns that a SLURM job died from `sacct`; on a cluster without accounting sacct fails, the job's
+    state stays UNKNOWN and results() would wait for ever. So while the job is not done, its state is also read
+    with scontrol: once SLURM says it ended and no result has appeared within `grace_s`, it counts as failed."""
+
+    def __init__(self, job: Any, poll_s: float = 2.0, grace_s: float = 30.0):
+        self.job, self.poll_s, self.grace_s = job, poll_s, grace_s
 
     def results(self) -> list[JobReturn]:
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
         try:
+            if type(self.job).__name__ == "SlurmJob":
+                ended = self._wait_for_slurm()
+                if ended is not None:
+                    raise UncompletedJobError(f"SLURM reports the job {ended} and it wrote no result "
+                                              f"({self.job.paths.result_pickle})")
             return self.job.results()
         except (FailedJobError, UncompletedJobError) as exc:
             state = getattr(self.job, "state", "UNKNOWN")
             return [JobReturn(status=JobStatus.FAILED,
                               _return_value=RuntimeError(f"job {self.job.job_id} ended {state} without a result: "
                                                          f"{exc}"))]
+
+    def _wait_for_slurm(self) -> str | None:
+        """None once the job is done in submitit's eyes; SLURM's end state when it ended without a result."""
+        ended_at = None
+        while not self.job.done():
+            state = slurm_job_state(self.job.job_id)
+            if state is None or state.rstrip("+") in SLURM_ACTIVE_STATES:
+                ended_at = None
+            elif ended_at is None:
+                ended_at = time.time()
+            elif time.time() - ended_at > self.grace_s and not self.job.paths.result_pickle.exists():
+                return state
+            time.sleep(self.poll_s)
+        return None
 
 
 class SweepRun:

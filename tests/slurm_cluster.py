@@ -50,8 +50,9 @@ def _which(name: str) -> str:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path, cpus: int | None = None):
+    def __init__(self, root: Path, cpus: int | None = None, accounting: bool = True):
         self.root = Path(root).resolve()
+        self.accounting = accounting  # False: no slurmdbd/MariaDB, so `sacct` fails as on such clusters
         self.cpus = cpus or os.cpu_count() or 1
         self.pids: list[tuple[str, int]] = []
         self.env = dict(os.environ)
@@ -74,10 +75,12 @@ class SlurmCluster:
             f"SlurmdSpoolDir={self.path('spool')}", f"SlurmctldPidFile={run}/slurmctld.pid",
             f"SlurmdPidFile={run}/slurmd.pid", f"SlurmctldLogFile={self.path('log', 'slurmctld.log')}",
             f"SlurmdLogFile={self.path('log', 'slurmd.log')}", "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none", "AccountingStorageType=accounting_storage/slurmdbd",
-            "AccountingStorageHost=localhost", f"AccountingStoragePort={dbd}",
-            # with a private munged, the link to slurmdbd finds the socket only here (machine-notes §5, error 3)
-            f"AccountingStoragePass={munge_socket}", "JobAcctGatherType=jobacct_gather/none",
+            "TaskPlugin=task/none", *([
+                "AccountingStorageType=accounting_storage/slurmdbd", "AccountingStorageHost=localhost",
+                f"AccountingStoragePort={dbd}",
+                # with a private munged, the link to slurmdbd finds the socket only here (machine-notes §5, error 3)
+                f"AccountingStoragePass={munge_socket}"] if self.accounting
+                else ["AccountingStorageType=accounting_storage/none"]), "JobAcctGatherType=jobacct_gather/none",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core", "SchedulerType=sched/backfill",
             "ReturnToService=2", "MpiDefault=none", "SwitchType=switch/none", "MinJobAge=300",
             "SlurmctldTimeout=30", "SlurmdTimeout=30", "InactiveLimit=0", "KillWait=5",
@@ -109,24 +112,25 @@ class SlurmCluster:
                                     f"--key-file={self.path('munge', 'munge.key')}", f"--pid-file={run}/munged.pid",
                                     f"--log-file={self.path('log', 'munged.log')}",
                                     f"--seed-file={self.path('munge', 'munged.seed')}"], run / "munged.pid")
-            self._run(["mariadb-install-db", "--user=root", f"--datadir={self.path('mysql', 'data')}",
-                       "--auth-root-authentication-method=socket", "--skip-test-db"])
-            mariadb = subprocess.Popen(
-                [_which("mariadbd"), "--user=root", f"--datadir={self.path('mysql', 'data')}",
-                 f"--socket={run}/mysqld.sock", f"--port={self.db_port}", "--bind-address=127.0.0.1",
-                 f"--pid-file={run}/mysqld.pid", f"--log-error={self.path('log', 'mariadb.err')}",
-                 "--innodb-buffer-pool-size=32M"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            self.pids.append(("mariadbd", mariadb.pid))
-            self._wait(lambda: self._ok(["mariadb", "-S", f"{run}/mysqld.sock", "-u", "root", "-e", "SELECT 1"]),
-                       timeout, "MariaDB to accept connections")
-            self._run(["mariadb", "-S", f"{run}/mysqld.sock", "-u", "root", "-e",
-                       "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurmpw'; "
-                       "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"])
-            self._daemon("slurmdbd", [_which("slurmdbd")], run / "slurmdbd.pid")
-            self._wait(lambda: self._ok(["sacctmgr", "-i", "add", "cluster", CLUSTER_NAME])
-                       or CLUSTER_NAME in self._out(["sacctmgr", "-n", "list", "cluster", "format=cluster"]),
-                       timeout, "slurmdbd to register the cluster")
+            if self.accounting:
+                self._run(["mariadb-install-db", "--user=root", f"--datadir={self.path('mysql', 'data')}",
+                           "--auth-root-authentication-method=socket", "--skip-test-db"])
+                mariadb = subprocess.Popen(
+                    [_which("mariadbd"), "--user=root", f"--datadir={self.path('mysql', 'data')}",
+                     f"--socket={run}/mysqld.sock", f"--port={self.db_port}", "--bind-address=127.0.0.1",
+                     f"--pid-file={run}/mysqld.pid", f"--log-error={self.path('log', 'mariadb.err')}",
+                     "--innodb-buffer-pool-size=32M"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                self.pids.append(("mariadbd", mariadb.pid))
+                self._wait(lambda: self._ok(["mariadb", "-S", f"{run}/mysqld.sock", "-u", "root", "-e", "SELECT 1"]),
+                           timeout, "MariaDB to accept connections")
+                self._run(["mariadb", "-S", f"{run}/mysqld.sock", "-u", "root", "-e",
+                           "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurmpw'; "
+                           "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"])
+                self._daemon("slurmdbd", [_which("slurmdbd")], run / "slurmdbd.pid")
+                self._wait(lambda: self._ok(["sacctmgr", "-i", "add", "cluster", CLUSTER_NAME])
+                           or CLUSTER_NAME in self._out(["sacctmgr", "-n", "list", "cluster", "format=cluster"]),
+                           timeout, "slurmdbd to register the cluster")
             self._daemon("slurmctld", [_which("slurmctld"), "-f", str(self.conf)], run / "slurmctld.pid")
             self._daemon("slurmd", [_which("slurmd"), "-f", str(self.conf), "-N", "localhost"], run / "slurmd.pid")
             self._wait(lambda: self._out(["sinfo", "-h", "-o", "%t"]).strip() == "idle", timeout,

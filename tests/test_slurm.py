@@ -46,6 +46,8 @@ def sweep_command(cluster: SlurmCluster, sweep_dir: Path, *overrides: str) -> li
 def job_log(sweep_dir: Path, task: int) -> Path | None:
     """The job's log file (Hydra's job logging writes to stdout: <array>_<task>_0_log.out)."""
     found = sorted((sweep_dir / ".submitit").glob(f"*_{task}/*_{task}_0_log.out"))
+    if not found and task == 0:  # a one-job sweep is a plain job, not an array: .submitit/<id>/<id>_0_log.out
+        found = [p for p in sorted((sweep_dir / ".submitit").glob("*/*_0_log.out")) if "_" not in p.parent.name]
     return found[0] if found else None
 
 
@@ -63,7 +65,7 @@ def wait_for_log_line(sweep_dir: Path, task: int, pattern: str, proc: subprocess
 
 
 def array_task_id(log: Path) -> str:
-    return log.parent.name  # .submitit/<array job>_<task>/
+    return log.parent.name  # .submitit/<array job>_<task>/ (or .submitit/<job>/)
 
 
 def runs_in(runs_dir: Path, experiment: str = "gqbench"):
@@ -141,6 +143,37 @@ def test_preempted_job_requeues_resumes_into_its_run_and_a_rerun_launches_nothin
     assert "nothing to launch" in again.stdout + again.stderr
     assert accounted_jobs(cluster) == before
     assert [len(r) for r in runs_in(preempted)] == [1, 1] and [len(r) for r in runs_in(straight)] == [1, 1]
+
+
+def test_without_accounting_a_killed_job_is_still_failed_not_waited_on(tmp_path):
+    """Without slurmdbd, `sacct` fails and submitit alone would wait for ever on a job that died: the sweeper
+    reads SLURM's state with scontrol instead."""
+    why = missing_requirements()
+    if why:
+        print(f"SKIPPED: no local SLURM cluster: {why}")
+        pytest.skip(why)
+    folder = private_folder()
+    try:
+        with SlurmCluster(folder, accounting=False) as bare:
+            assert subprocess.run(["sacct"], env=bare.env, capture_output=True).returncode != 0
+            runs, sweep_dir = tmp_path / "runs", tmp_path / "sweep"
+            command = sweep_command(bare, sweep_dir, f"paths.runs={runs}", "train.log_every=1",
+                                    "train.max_steps=100000")
+            proc = subprocess.Popen(command, cwd=ROOT, env={**bare.env, "PYTHONUNBUFFERED": "1"}, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            try:
+                log = wait_for_log_line(sweep_dir, 0, r"step 3/100000", proc)
+                subprocess.run(["scancel", "--signal=KILL", array_task_id(log)], env=bare.env, check=True)
+                output, _ = proc.communicate(timeout=240)
+            finally:
+                proc.kill()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert proc.returncode != 0 and "1 of 1 launched jobs failed" in output, output[-4000:]
+    assert "SLURM reports the job" in output
+    (killed,), (parent,) = runs_in(runs)
+    assert killed.info.status == "FAILED" and "without a result" in killed.data.tags["error"]
+    assert parent.info.status == "FAILED"
 
 
 def test_a_job_killed_hard_is_failed_and_the_sweep_does_not_wait_for_it(cluster, tmp_path):
