@@ -141,6 +141,15 @@ class SlurmCluster:
         return self
 
     def stop(self) -> None:
+        """Cancel every job, then end the daemons by PID, last started first. Job steps outlive slurmd, so any
+        process still carrying this cluster's SLURM_CONF is killed last."""
+        if self.pids:
+            jobs = self._out(["squeue", "-h", "-o", "%i"]).split()
+            if jobs:
+                subprocess.run([_which("scancel"), *jobs], env=self.env, capture_output=True, timeout=60)
+                deadline = time.time() + 30
+                while time.time() < deadline and self._out(["squeue", "-h", "-o", "%i"]).split():
+                    time.sleep(0.5)
         for name, pid in reversed(self.pids):
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -152,6 +161,23 @@ class SlurmCluster:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         self.pids.clear()
+        for pid in self._processes_of_this_cluster():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _processes_of_this_cluster(self) -> list[int]:
+        marker = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if marker in (entry / "environ").read_bytes().split(b"\0"):
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return found
 
     def __enter__(self) -> "SlurmCluster":
         return self.start()
