@@ -77,6 +77,20 @@ def main(cfg: DictConfig) -> dict[str, float]:
     return run_job(cfg)
 
 
+def exit_at_once() -> None:
+    """After a successful run: flush and leave without the interpreter's module teardown, which takes ~3.7 s
+    with torch, triton and mlflow loaded (measured: atexit handlers 0.07 s, then 3.7 s to exit). Everything a
+    job writes is on disk by now (atomic writes, committed MLflow calls); only the logs need flushing."""
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     sys.argv[1:] = hydra_flags_first(sys.argv[1:])
-    main()
+    main()  # Hydra exits with status 1 itself when a run fails
+    exit_at_once()
