@@ -50,26 +50,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         args = QUICKSTART_JOB + [f"paths.runs={tmp}/runs", f"train.max_steps={options.steps}",
                                  f"train.log_every={options.steps}", *extra]
-        started, ended, log = run(args)
-        lines = log.splitlines()
-        times, previous = {}, started
-        for phase, pattern in MARKS:
-            found = [stamp(line) for line in lines if re.search(pattern, line) and line.startswith("[")]
-            if not found:
-                raise SystemExit(f"no log line for {phase!r} ({pattern})\n{log[-3000:]}")
-            times[phase] = max(found) - previous if phase == "training" else found[0] - previous
-            previous = max(found) if phase == "training" else found[0]
-        times["process exit"] = ended - previous
-        own = times["data + model build"] + times["training"] + times["evaluation + MLflow record"]
-        total = ended - started
-        print(f"one job, {options.steps} training step(s): {total:.2f} s wall")
-        for phase, seconds in times.items():
-            print(f"  {phase:<38} {seconds:6.2f} s")
-        print(f"  orchestration (the rest)              {total - own:6.2f} s  ({(total - own) / total:.0%} of the job)")
+        columns = {}
+        for label, seed in (("fresh store", 0), ("store exists", 1)):  # the second is every later job of a sweep
+            started, ended, log = run(args + [f"seed={seed}"])
+            columns[label] = phases(log.splitlines(), started, ended)
+        print(f"one quickstart job, {options.steps} training step(s), seconds:")
+        print(f"  {'phase':<40}" + "".join(f"{label:>14}" for label in columns))
+        for phase in next(iter(columns.values())):
+            print(f"  {phase:<40}" + "".join(f"{times[phase]:14.2f}" for times in columns.values()))
 
         sweep_started = time.time()
-        run(args + ["-m", f"hydra.sweep.dir={tmp}/again"])
-        print(f"the same job as a sweep again (finished: nothing launched): {time.time() - sweep_started:.2f} s wall")
+        run(args + ["seed=0,1", "-m", f"hydra.sweep.dir={tmp}/again"])
+        print(f"both jobs as a sweep again (finished: nothing launched): {time.time() - sweep_started:.2f} s wall")
+
+
+def phases(lines: list[str], started: float, ended: float) -> dict[str, float]:
+    times, previous = {}, started
+    for phase, pattern in MARKS:
+        found = [stamp(line) for line in lines if re.search(pattern, line) and line.startswith("[")]
+        if not found:
+            raise SystemExit(f"no log line for {phase!r} ({pattern})\n" + "\n".join(lines[-30:]))
+        end = max(found) if phase == "training" else found[0]
+        times[phase], previous = end - previous, end
+    times["process exit"] = ended - previous
+    total = ended - started
+    own = times["data + model build"] + times["training"] + times["evaluation + MLflow record"]
+    times["orchestration (all but build/train/eval)"] = total - own
+    times["total"] = total
+    return times
 
 
 if __name__ == "__main__":
