@@ -53,10 +53,12 @@ def run_cli(command: list[str], timeout: float = 300) -> subprocess.CompletedPro
 
 
 def the_run(runs: Path):
+    """The job's one MLflow run (a sweep adds its parent run beside it: tagged gqbench.role=sweep)."""
     client = MlflowClient(default_tracking_uri(runs))
-    runs_found = client.search_runs([client.get_experiment_by_name("gqbench").experiment_id])
-    assert len(runs_found) == 1, [r.info.run_id for r in runs_found]
-    return runs_found[0]
+    found = client.search_runs([client.get_experiment_by_name("gqbench").experiment_id])
+    jobs = [r for r in found if r.data.tags.get("gqbench.role") != "sweep"]
+    assert len(jobs) == 1 and len(found) - len(jobs) <= 1, [r.info.run_id for r in found]
+    return jobs[0]
 
 
 def assert_same_metrics(got: dict[str, float], want: dict[str, float], tolerance=TOLERANCE, close_keys=(),
