@@ -116,7 +116,7 @@ class IdempotentSweeper(Sweeper):
                 launched = [job.overrides + parents[job.store].overrides_for(job, swept) for job in batch]
                 with failed_results_are_returned():
                     results = self.launcher.launch(launched, initial_job_idx=first_index)
-                for job, result in zip(batch, results):
+                for job, result in zip(batch, results):  # (JobReturn.return_value would re-raise the error)
                     if result.status != JobStatus.COMPLETED:
                         failures.append((job, result._return_value))
                         parents[job.store].mark_child_failed(job, result._return_value)
