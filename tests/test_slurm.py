@@ -96,6 +96,19 @@ def release_when_requeued(cluster: SlurmCluster, job: str, timeout: float = 120)
     raise AssertionError(f"job {job} was not requeued within {timeout} s\n{cluster.logs()}")
 
 
+def sweep_with_first_job_killed(cluster: SlurmCluster, command: list[str], sweep_dir: Path) -> tuple[int, str]:
+    """Run the sweep, SIGKILL its first job once it trains (as the OOM killer would), wait for the sweep to end."""
+    proc = subprocess.Popen(command, cwd=ROOT, env={**cluster.env, "PYTHONUNBUFFERED": "1"}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        log = wait_for_log_line(sweep_dir, 0, r"step 3/100000", proc)
+        subprocess.run(["scancel", "--signal=KILL", array_task_id(log)], env=cluster.env, check=True)
+        output, _ = proc.communicate(timeout=240)  # bounded: the sweep must not wait for ever on the dead job
+    finally:
+        proc.kill()
+    return proc.returncode, output
+
+
 def log_time(line: str) -> datetime:
     return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
 
@@ -159,17 +172,10 @@ def test_without_accounting_a_killed_job_is_still_failed_not_waited_on(tmp_path)
             runs, sweep_dir = tmp_path / "runs", tmp_path / "sweep"
             command = sweep_command(bare, sweep_dir, f"paths.runs={runs}", "train.log_every=1",
                                     "train.max_steps=100000")
-            proc = subprocess.Popen(command, cwd=ROOT, env={**bare.env, "PYTHONUNBUFFERED": "1"}, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            try:
-                log = wait_for_log_line(sweep_dir, 0, r"step 3/100000", proc)
-                subprocess.run(["scancel", "--signal=KILL", array_task_id(log)], env=bare.env, check=True)
-                output, _ = proc.communicate(timeout=240)
-            finally:
-                proc.kill()
+            returncode, output = sweep_with_first_job_killed(bare, command, sweep_dir)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    assert proc.returncode != 0 and "1 of 1 launched jobs failed" in output, output[-4000:]
+    assert returncode != 0 and "1 of 1 launched jobs failed" in output, output[-4000:]
     assert "SLURM reports the job" in output
     (killed,), (parent,) = runs_in(runs)
     assert killed.info.status == "FAILED" and "without a result" in killed.data.tags["error"]
@@ -180,15 +186,8 @@ def test_a_job_killed_hard_is_failed_and_the_sweep_does_not_wait_for_it(cluster,
     runs, sweep_dir = tmp_path / "runs", tmp_path / "sweep"
     command = sweep_command(cluster, sweep_dir, f"paths.runs={runs}", "train.log_every=1",
                             "train.max_steps=100000,12")
-    proc = subprocess.Popen(command, cwd=ROOT, env={**cluster.env, "PYTHONUNBUFFERED": "1"}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        log = wait_for_log_line(sweep_dir, 0, r"step 3/100000", proc)
-        subprocess.run(["scancel", "--signal=KILL", array_task_id(log)], env=cluster.env, check=True)
-        output, _ = proc.communicate(timeout=240)  # submitit learns of the death from sacct
-    finally:
-        proc.kill()
-    assert proc.returncode != 0 and "1 of 2 launched jobs failed" in output, output[-4000:]
+    returncode, output = sweep_with_first_job_killed(cluster, command, sweep_dir)
+    assert returncode != 0 and "1 of 2 launched jobs failed" in output, output[-4000:]
     jobs, (parent,) = runs_in(runs)
     by_steps = {r.data.params["train.max_steps"]: r for r in jobs}
     assert by_steps["12"].info.status == "FINISHED"
