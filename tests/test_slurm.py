@@ -3,6 +3,7 @@
 killed hard. The module's tests share one cluster and run on one xdist worker (group "slurm")."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -24,18 +25,25 @@ SLURM_LAUNCHER = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=deb
                   "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
 
 
-@pytest.fixture(scope="module")
-def cluster():
+@contextlib.contextmanager
+def local_cluster(accounting: bool = True):
+    """A private cluster for the block, or the test skipped with the printed reason it cannot start."""
     why = missing_requirements()
     if why:
         print(f"SKIPPED: no local SLURM cluster: {why}")
         pytest.skip(why)
     folder = private_folder()
     try:
-        with SlurmCluster(folder) as running:
+        with SlurmCluster(folder, accounting=accounting) as running:
             yield running
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with local_cluster() as running:
+        yield running
 
 
 def sweep_command(cluster: SlurmCluster, sweep_dir: Path, *overrides: str) -> list[str]:
@@ -161,20 +169,12 @@ def test_preempted_job_requeues_resumes_into_its_run_and_a_rerun_launches_nothin
 def test_without_accounting_a_killed_job_is_still_failed_not_waited_on(tmp_path):
     """Without slurmdbd, `sacct` fails and submitit alone would wait for ever on a job that died: the sweeper
     reads SLURM's state with scontrol instead."""
-    why = missing_requirements()
-    if why:
-        print(f"SKIPPED: no local SLURM cluster: {why}")
-        pytest.skip(why)
-    folder = private_folder()
-    try:
-        with SlurmCluster(folder, accounting=False) as bare:
-            assert subprocess.run(["sacct"], env=bare.env, capture_output=True).returncode != 0
-            runs, sweep_dir = tmp_path / "runs", tmp_path / "sweep"
-            command = sweep_command(bare, sweep_dir, f"paths.runs={runs}", "train.log_every=1",
-                                    "train.max_steps=100000")
-            returncode, output = sweep_with_first_job_killed(bare, command, sweep_dir)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with local_cluster(accounting=False) as bare:
+        assert subprocess.run(["sacct"], env=bare.env, capture_output=True).returncode != 0
+        runs, sweep_dir = tmp_path / "runs", tmp_path / "sweep"
+        command = sweep_command(bare, sweep_dir, f"paths.runs={runs}", "train.log_every=1",
+                                "train.max_steps=100000")
+        returncode, output = sweep_with_first_job_killed(bare, command, sweep_dir)
     assert returncode != 0 and "1 of 1 launched jobs failed" in output, output[-4000:]
     assert "SLURM reports the job" in output
     (killed,), (parent,) = runs_in(runs)
