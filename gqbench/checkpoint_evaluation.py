@@ -203,11 +203,9 @@ def evaluate_checkpoint(path: Path, overrides: list[str], out: str | None = None
 
 def _quantizer_of(cfg: DictConfig):
     """A quantizer built from the config, for the metrics' codebook shapes (before the model is built)."""
-    from quantizers import build_quantizer
+    from .config import quantizer_from_config
 
-    from .config import quantizer_kwargs
-
-    return build_quantizer(**quantizer_kwargs(cfg.quantizer, cfg.model.z_channels))
+    return quantizer_from_config(cfg)
 
 
 def _log_to_mlflow(cfg: DictConfig, jobdir: JobDir, result: Evaluation, same_as_training: bool, path: Path,

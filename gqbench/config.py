@@ -88,27 +88,14 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-QUANTIZER_SIZE_KEYS = ("name", "codebook_size", "codebook_dim", "num_codebooks")
+def quantizer_from_config(cfg: DictConfig):
+    """The job's quantizer: `quantizer` node's keys as build_quantizer's arguments, sized for model.z_channels
+    (null: the quantizer's own width), checked against rate.bits_per_token when an equal-bits preset set it."""
+    from quantizers import build_quantizer, check_rate
 
-
-def quantizer_kwargs(quantizer_cfg: DictConfig, z_channels: int) -> dict[str, Any]:
-    """Arguments for quantizers.build_quantizer from the `quantizer` config node.
-
-    num_codebooks=null means "as many groups as the model's latent holds": z_channels / codebook_dim, where a
-    null codebook_dim is the method's own default for its size (log2 K for GQ/LFQ/BSQ, len(levels) for FSQ).
-    """
-    from quantizers import default_codebook_dim
-    from quantizers._utils import groups_for_channels
-
-    options = OmegaConf.to_container(quantizer_cfg, resolve=True)
-    name, codebook_size = options.pop("name"), options.pop("codebook_size")
-    num_codebooks = options.pop("num_codebooks")
-    codebook_dim = options.pop("codebook_dim")
-    if num_codebooks is None:
-        dims = codebook_dim if codebook_dim is not None else default_codebook_dim(name, codebook_size, **options)
-        if dims is None:
-            raise ValueError(f"quantizer {name!r} needs quantizer.codebook_dim or quantizer.num_codebooks "
-                             "(both are null)")
-        num_codebooks = groups_for_channels(z_channels, dims)
-    return dict(name=name, codebook_size=codebook_size, codebook_dim=codebook_dim, num_codebooks=num_codebooks,
-                **options)
+    options = OmegaConf.to_container(cfg.quantizer, resolve=True)
+    quantizer = build_quantizer(channels=cfg.model.get("z_channels"), **options)
+    bits = OmegaConf.select(cfg, "rate.bits_per_token")
+    if bits is not None:
+        check_rate(quantizer, bits)
+    return quantizer

@@ -21,11 +21,11 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from quantizers import Quantizer, build_quantizer
+from quantizers import Quantizer
 
 from . import runtime
 from .checkpoint import write_json
-from .config import check_targets, flatten, quantizer_kwargs, safe_instantiate
+from .config import check_targets, flatten, quantizer_from_config, safe_instantiate
 from .evaluate import Evaluation, evaluate
 from .metrics import build_metrics
 from .jobdir import JobDir
@@ -48,7 +48,7 @@ def assemble(cfg: DictConfig) -> JobParts:
     """Data, quantizer and autoencoder from a composed config (the model's initial weights come from the
     global torch RNG: seed it first for a reproducible job)."""
     data = safe_instantiate(cfg.data, path="data")
-    quantizer = build_quantizer(**quantizer_kwargs(cfg.quantizer, cfg.model.z_channels))
+    quantizer = quantizer_from_config(cfg)
     model = build_autoencoder(cfg.model, quantizer, cfg.data.image_size)
     return JobParts(data=data, quantizer=quantizer, model=model)
 

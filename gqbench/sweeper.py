@@ -275,7 +275,7 @@ class SweepRun:
 
         existing = client.get_run(run_id).data.params
         params = {"sweep.arguments": " ".join(arguments)[:6000], "sweep.jobs": str(len(jobs)),
-                  **{f"swept.{key}": ",".join(dict.fromkeys(item.partition("=")[2] for job in jobs
+                  **{f"swept.{key.lstrip('+~')}": ",".join(dict.fromkeys(item.partition("=")[2] for job in jobs
                                                             for item in job.overrides
                                                             if item.partition("=")[0] == key))[:6000]
                      for key in swept}}

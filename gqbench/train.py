@@ -131,10 +131,11 @@ def train(
     ckpt_path = jobdir.checkpoint
     parts = TrainingParts(cfg.loss, device).to(device)
     model.to(device)
+    lr = tcfg.lr * tcfg.get("lr_scale", 1.0)  # a protocol's per-method rate (conf/recipe)
     opt_ae = safe_instantiate(tcfg.optimizer, path="train.optimizer")(
-        [p for p in list(model.parameters()) + list(parts.reconstruction.parameters()) if p.requires_grad]
+        [p for p in list(model.parameters()) + list(parts.reconstruction.parameters()) if p.requires_grad], lr=lr
     )
-    opt_d = safe_instantiate(tcfg.optimizer, path="train.optimizer")(parts.gan.parameters()) if parts.gan else None
+    opt_d = safe_instantiate(tcfg.optimizer, path="train.optimizer")(parts.gan.parameters(), lr=lr) if parts.gan else None
     if parts.gan is not None:
         for group in opt_d.param_groups:
             group["lr"] = cfg.loss.gan.lr

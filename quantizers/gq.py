@@ -29,7 +29,7 @@ import kernels
 from ._utils import batch_randn_like, channels_to_groups, check, check_codebook_size, groups_to_channels, whole_bits
 from .base import Quantizer, QuantizerOutput
 from .registry import register_quantizer
-from .tdc import TargetDivergenceConstraint, gaussian_kl_bits
+from .tdc import TargetDivergenceConstraint, _global_stats, gaussian_kl_bits
 
 
 def gaussian_codebook(codebook_size: int, codebook_dim: int, seed: int) -> Tensor:
@@ -65,6 +65,8 @@ class GaussianQuant(Quantizer):
         lam_factor: float = 1.01,
         lam_min_range: tuple[float, float] = (1e-3, 1.0),
         lam_max_range: tuple[float, float] = (1.0, 1e3),
+        tdc_updates_per_step: int = 2,
+        regularizer: str = "tdc",  # "tdc": the paper's TDC; "kl": kl_weight · KL, a plain Gaussian VAE (ablation)  # TDC controller moves per step; 2 = the reference's rate (quantizers/tdc.py)
         search_backend: str = "auto",  # kernels backend: "auto" (Triton on CUDA, torch on CPU), "torch", "triton"
         search_exact: bool = True,  # False allows the tensor-core candidate search (re-ranked in fp32)
     ):
@@ -76,6 +78,7 @@ class GaussianQuant(Quantizer):
         check(isinstance(num_codebooks, int) and num_codebooks >= 1, f"num_codebooks={num_codebooks!r} must be an integer >= 1")
         check(logvar_range[0] < logvar_range[1], f"logvar_range={tuple(logvar_range)} must be (low, high) with low < high")
         check(kl_weight >= 0, f"kl_weight={kl_weight} must be >= 0")
+        check(regularizer in ("tdc", "kl"), f"regularizer={regularizer!r} must be 'tdc' or 'kl'")
         check(search_backend in ("auto", "torch", "triton"), f"search_backend={search_backend!r} must be 'auto', 'torch' or 'triton'")
 
         self.codebook_size = codebook_size
@@ -87,11 +90,13 @@ class GaussianQuant(Quantizer):
         self.seed = int(seed)
         self.logvar_range = (float(logvar_range[0]), float(logvar_range[1]))
         self.kl_weight = float(kl_weight)
+        self.regularizer = regularizer
         self.search_backend = search_backend
         self.search_exact = bool(search_exact)
         self.tdc = TargetDivergenceConstraint(
             target_bits=bits, tolerance=tolerance, lam_factor=lam_factor,
             lam_min_range=tuple(lam_min_range), lam_max_range=tuple(lam_max_range),
+            updates_per_step=tdc_updates_per_step,
         )
         # derived from (K, m, seed): not persistent, so checkpoints hold nothing that can be regenerated
         self.register_buffer("codebook", gaussian_codebook(codebook_size, codebook_dim, self.seed), persistent=False)
@@ -133,7 +138,11 @@ class GaussianQuant(Quantizer):
         return mu, logvar.clamp(*self.logvar_range)
 
     def _regularize(self, group_bits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """TDC on the per-group KL (bits), weighted by kl_weight."""
+        """TDC on the per-group KL (bits), weighted by kl_weight; or, for regularizer="kl", kl_weight · KL."""
+        if self.regularizer == "kl":
+            loss = self.kl_weight * group_bits.sum() / group_bits.shape[0]
+            mean, lo, hi = _global_stats(group_bits.detach(), across_ranks=self.training)
+            return loss, {"bits_mean": mean, "bits_min": lo, "bits_max": hi, "kl_loss": loss.detach()}
         tdc_loss, stats = self.tdc(group_bits)
         loss = self.kl_weight * tdc_loss
         stats["kl_loss"] = loss.detach()

@@ -17,10 +17,14 @@ baseline, which mixes the groups' marginals into one distribution). Entropies ar
 of this process's batch: under torch.distributed it is not all-reduced (each rank maximises its own). The total is negative by design (−H_c dominates). An optional ramp multiplies the entropy weight by
 (1 + ramp · max(0, 1 − step / ramp_steps)), counting training forwards in a checkpointed buffer.
 
-reduction="sum" sums every term over the image's latent elements / tokens and averages over the batch (the
-convention of the paper's summed reconstruction NLL; H_c, a batch statistic, is scaled by tokens per image);
-"mean" averages per element / token. The encoder should end in a normalisation (the backbone's GroupNorm +
-conv_out does): LFQ itself has no activation or normalisation.
+reduction="mean" (default, Open-MAGVIT2: `F.mse_loss(...).mean()` and per-token entropies) averages every term
+per element / token, so the weights mean what they mean in its code relative to a per-pixel reconstruction
+mean. "sum" (a named deviation) sums over the image's latent elements / tokens and averages over the batch
+(H_c, a batch statistic, is scaled by tokens per image), which multiplies every weight by that count.
+Deviation (named option): Open-MAGVIT2 takes the codebook entropy over the full 2^k softmax; we factorise it
+into `entropy_group_size`-bit sub-codes (default ≤ 9 bits) so k = 16…18 fits in memory; entropy_group_size=k is
+the exact version for k ≤ 12. The encoder should end in a normalisation (the backbone's GroupNorm + conv_out
+does): LFQ itself has no activation or normalisation.
 """
 from __future__ import annotations
 
@@ -65,7 +69,9 @@ class LookupFreeQuant(Quantizer):
         entropy_ramp: float = 0.0,  # Open-MAGVIT2 codebook_enlarge_ratio (3 in its code, 0 in its configs)
         entropy_ramp_steps: int = 2000,
         scale: float = 1.0,  # code magnitude (LFQ only; BSQ's codes are ±1/√k)
-        reduction: str = "sum",  # "sum": over the image's elements / batch; "mean": per element
+        reduction: str = "mean",  # "mean": per element / token (Open-MAGVIT2); "sum": over the image / batch
+        sphere: str = "token",  # BSQ only: "token" = one sphere over all of a token's channels; "group"
+        straight_through_scale: bool = True,  # BSQ only: gradient 1/√L through the code (official)
     ):
         super().__init__()
         check_codebook_size(codebook_size)
@@ -86,6 +92,9 @@ class LookupFreeQuant(Quantizer):
               f"entropy_ramp_steps={entropy_ramp_steps!r} must be an integer >= 1")
         check(scale > 0, f"scale={scale} must be > 0")
         check(reduction in ("sum", "mean"), f"reduction={reduction!r} must be 'sum' or 'mean'")
+        check(sphere in ("token", "group"), f"sphere={sphere!r} must be 'token' or 'group'")
+        check(self.spherical or (sphere == "token" and straight_through_scale),
+              "sphere and straight_through_scale are BSQ options (quantizer=bsq); remove them for LFQ")
 
         self.codebook_size = codebook_size
         self.codebook_dim = bits
@@ -99,7 +108,10 @@ class LookupFreeQuant(Quantizer):
         self.entropy_group_size = group
         self.entropy_ramp = float(entropy_ramp)
         self.entropy_ramp_steps = entropy_ramp_steps
-        self.scale = 1.0 / math.sqrt(bits) if self.spherical else float(scale)
+        self.sphere = sphere
+        self.sphere_dims = bits * num_codebooks if self.spherical and sphere == "token" else bits  # L
+        self.scale = 1.0 / math.sqrt(self.sphere_dims) if self.spherical else float(scale)
+        self.straight_through_scale = self.spherical and bool(straight_through_scale)
         self.reduction = reduction
         self.register_buffer("bit_weights", 2 ** torch.arange(bits - 1, -1, -1), persistent=False)
         self.register_buffer("sub_codes", sign_codes(group) * self.scale, persistent=False)  # (2^g, g)
@@ -119,7 +131,11 @@ class LookupFreeQuant(Quantizer):
         if not self.training:
             return QuantizerOutput(z_q=self._decode(indices), indices=indices, loss=loss, stats=stats)
         self.train_steps += 1
-        return QuantizerOutput(z_q=groups_to_channels(z + (q - z).detach()), indices=indices, loss=loss, stats=stats)
+        if self.straight_through_scale:  # BSQ: scale · (u + sg(sign u − u)): value ±1/√L, gradient 1/√L
+            z_q = self.scale * (z + (torch.where(z > 0, 1.0, -1.0) - z).detach())
+        else:  # value q, gradient 1
+            z_q = z + (q - z).detach()
+        return QuantizerOutput(z_q=groups_to_channels(z_q), indices=indices, loss=loss, stats=stats)
 
     @torch.no_grad()
     def encode(self, h: Tensor) -> Tensor:
@@ -133,7 +149,11 @@ class LookupFreeQuant(Quantizer):
 
     def _groups(self, h: Tensor) -> Tensor:
         z = self.input_groups(h, f"{self.num_codebooks} group(s) of {self.codebook_dim} bits")
-        return torch.nn.functional.normalize(z, dim=-1) if self.spherical else z
+        if not self.spherical:
+            return z
+        if self.sphere == "group":
+            return torch.nn.functional.normalize(z, dim=-1)
+        return z / torch.linalg.vector_norm(z, dim=(1, -1), keepdim=True).clamp_min(1e-12)  # (B, G, H, W, k)
 
     def _index(self, z: Tensor) -> Tensor:
         return ((z > 0).long() * self.bit_weights).sum(-1)
@@ -143,7 +163,8 @@ class LookupFreeQuant(Quantizer):
 
         H_s: mean over all indices of the per-sample entropy. H_c: for each group separately, the entropy of
         the batch-mean assignment, summed over its sub-groups; then averaged over the G groups (each group is
-        its own sub-codebook, so two groups splitting the codes between them are both penalised).
+        its own sub-codebook, so two groups splitting the codes between them are both penalised). BSQ with one
+        sphere per token sums both over the G groups instead: the token's L bits are one code, as in the BSQ code.
         """
         k, g = self.codebook_dim, self.entropy_group_size
         with torch.autocast(device_type=z.device.type, enabled=False):  # entropies in fp32 under autocast
@@ -153,10 +174,13 @@ class LookupFreeQuant(Quantizer):
             probs = torch.softmax(2 * sub @ self.sub_codes.t() / self.temperature, dim=-1)  # (..., 2^g)
             mean_probs = probs.mean(0)  # (G, sub-groups, 2^g)
             codebook = -(mean_probs * torch.log(mean_probs.clamp_min(1e-12))).sum((-1, -2)).mean()
+        if self.sphere_dims != self.codebook_dim:  # BSQ, one sphere per token
+            groups = z.shape[-2]
+            per_sample, codebook = per_sample * groups, codebook * groups
         return per_sample, codebook
 
     def _loss(self, z: Tensor, q: Tensor, batch: int) -> tuple[Tensor, dict[str, Tensor]]:
-        per_image = z[0].numel() / self.codebook_dim if self.reduction == "sum" else 1.0  # tokens x groups
+        per_image = z[0].numel() / self.sphere_dims if self.reduction == "sum" else 1.0  # entropy units
         commitment = reduce_loss((z - q.detach()).square(), batch, self.reduction)
         per_sample, codebook = self.entropies(z.movedim(1, -2))  # (B, H, W, G, k)
         entropy_weight = self.entropy_weight  # × the ramp, as tensor ops: reading the step counter would sync

@@ -33,7 +33,6 @@ import kernels
 from ._utils import channels_to_groups, check, groups_to_channels
 from .gq import GaussianQuant
 from .registry import register_quantizer
-from .tdc import _global_stats
 
 
 def truncated_normal_levels(num_levels: int, std_range: float) -> Tensor:
@@ -59,19 +58,17 @@ class TokenBridge(GaussianQuant):
         num_codebooks: int = 1,  # = latent channels C
         value_range: float = 3.0,  # R: latent values in [−R, R] map onto [−s, s] (TokenBridge's --range is 5)
         std_range: float = 3.0,  # s: the Gaussian is truncated at ±s standard deviations
-        regularizer: str = "tdc",  # "tdc": TDC at log2 B bits per channel; "kl": kl_weight · KL (vanilla VAE)
-        **vae_options,  # GaussianQuant's: kl_weight, tolerance, lam_*, logvar_range, search_backend, search_exact
+        **vae_options,  # GaussianQuant's: regularizer (tdc: TDC at log2 B bits per channel | kl: kl_weight · KL),
+        # kl_weight, tolerance, lam_*, tdc_updates_per_step, logvar_range, search_backend, search_exact
     ):
         check(codebook_dim in (None, 1), f"codebook_dim={codebook_dim} must be 1 (or null): TokenBridge quantizes "
               "each channel on its own")
-        check(regularizer in ("tdc", "kl"), f"regularizer={regularizer!r} must be 'tdc' or 'kl'")
         check(value_range > 0 and std_range > 0, f"value_range={value_range} and std_range={std_range} must be > 0")
         for unused in ("beta", "seed"):
             check(unused not in vae_options, f"{unused}= is a GQ option; TokenBridge has no Gaussian codebook")
         super().__init__(codebook_size=codebook_size, codebook_dim=1, num_codebooks=num_codebooks, **vae_options)
         self.value_range = float(value_range)
         self.std_range = float(std_range)
-        self.regularizer = regularizer
         # replaces GQ's Gaussian codebook: the (B, 1) level table, derived from (B, s), not persistent
         self.codebook = truncated_normal_levels(codebook_size, self.std_range).float()[:, None]
 
@@ -81,13 +78,6 @@ class TokenBridge(GaussianQuant):
 
     def _decode(self, indices: Tensor) -> Tensor:
         return groups_to_channels(self.codebook[indices] * (self.value_range / self.std_range))
-
-    def _regularize(self, group_bits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        if self.regularizer == "tdc":
-            return super()._regularize(group_bits)
-        loss = self.kl_weight * group_bits.sum() / group_bits.shape[0]
-        mean, lo, hi = _global_stats(group_bits.detach(), across_ranks=self.training)
-        return loss, {"bits_mean": mean, "bits_min": lo, "bits_max": hi, "kl_loss": loss.detach()}
 
     def _search(self, mu: Tensor, logvar: Tensor) -> Tensor:
         b, _, hh, ww = mu.shape

@@ -9,9 +9,11 @@ _utils); all groups share one codebook e_1..e_K in R^m, as GQ's groups share its
     z_q  = e_{k*};  the decoder reads z + sg(z_q − z) in training (straight-through), z_q in eval
     loss = codebook_weight · ‖sg(z) − z_q‖²  +  commitment_weight · ‖z − sg(z_q)‖²
 
-Switches (all constructor arguments, all off by default = VQGAN):
-- legacy_loss: taming's `legacy=True` order, which puts commitment_weight on the codebook term instead
-  (the GQ authors' VQ baseline uses it). Off: β = 0.25 weights the commitment term, as in the VQ-VAE paper.
+Defaults = taming-transformers' VectorQuantizer2 as VQGAN trains it (β = 0.25, `legacy=True`, per-element
+means, U(−1/K, 1/K) init). Switches (all constructor arguments):
+- legacy_loss (default True, taming's default and the GQ authors' VQ baseline): taming's bug-compatible order,
+  which puts β on the codebook term and 1.0 on the commitment term. False: β weights the commitment term, as in
+  the VQ-VAE paper. Ignored with ema_update (no codebook term: β weights the commitment, as taming's EMA VQ).
 - l2_norm: z and every e_k are projected onto the unit sphere before the search (cosine-similarity codes,
   ViT-VQGAN / LlamaGen); z_q is then a unit vector and the commitment error is bounded.
 - ema_update: the codebook gets no gradient; it follows exponential moving averages of the assignments,
@@ -25,9 +27,9 @@ Switches (all constructor arguments, all off by default = VQGAN):
 - init: "uniform" (VQGAN, U(−1/K, 1/K)) or "kmeans" (k-means on the first training batch, seeded with distinct
   rows; with fewer rows than codewords the rows are tiled with 1e-3·std noise, so no two codewords are equal).
 
-reduction="sum" sums the loss over latent elements and divides by the batch, the same convention as the
-paper's summed reconstruction NLL (conf/loss: reduction), so the weights keep their meaning relative to it;
-"mean" is taming's per-element mean. Under torch.distributed, counts and sums are all-reduced, and k-means
+reduction="mean" (default) is taming's per-element mean: the weights mean what they mean in VQGAN relative to
+a per-pixel reconstruction mean. "sum" (a named deviation) sums over latent elements and divides by the batch,
+which multiplies every weight by the latent elements per image (C·h·w) relative to "mean". Under torch.distributed, counts and sums are all-reduced, and k-means
 and re-seeding draw from the global batch's rows (all-gathered) with the same RNG state on every rank, so all
 ranks hold the same codebook, the one a single process would hold for the same global batch.
 """
@@ -86,7 +88,7 @@ class VectorQuant(Quantizer):
         num_codebooks: int = 1,  # groups per position, sharing the one codebook
         commitment_weight: float = 0.25,  # β
         codebook_weight: float = 1.0,
-        legacy_loss: bool = False,  # taming's legacy order: β on the codebook term, 1.0 on the commitment
+        legacy_loss: bool = True,  # taming's default order: β on the codebook term, 1.0 on the commitment
         l2_norm: bool = False,  # cosine-similarity codes on the unit sphere
         ema_update: bool = False,  # EMA codebook (no codebook gradient, commitment loss only)
         decay: float = 0.99,  # γ of the EMA counts (used by ema_update and dead-code detection)
@@ -94,7 +96,7 @@ class VectorQuant(Quantizer):
         dead_code_threshold: float = 0.0,  # re-seed codewords whose EMA count falls below this; 0 = never
         init: str = "uniform",  # "uniform" (VQGAN) | "kmeans" (on the first training batch)
         kmeans_iters: int = 10,
-        reduction: str = "sum",  # "sum": over latent elements / batch; "mean": per element
+        reduction: str = "mean",  # "mean": per element (taming); "sum": over latent elements / batch
         search_backend: str = "auto",  # kernels backend: "auto", "torch" or "triton"
         search_exact: bool = True,  # False allows the tensor-core candidate scan (re-ranked exactly)
     ):
@@ -113,8 +115,6 @@ class VectorQuant(Quantizer):
         check(init in ("uniform", "kmeans"), f"init={init!r} must be 'uniform' or 'kmeans'")
         check(isinstance(kmeans_iters, int) and kmeans_iters >= 1, f"kmeans_iters={kmeans_iters!r} must be an integer >= 1")
         check(reduction in ("sum", "mean"), f"reduction={reduction!r} must be 'sum' or 'mean'")
-        check(not (legacy_loss and ema_update), "legacy_loss=True has no meaning with ema_update=True (the EMA "
-              "codebook has no codebook term; the commitment term keeps commitment_weight); set legacy_loss=false")
         check(search_backend in ("auto", "torch", "triton"), f"search_backend={search_backend!r} must be 'auto', 'torch' or 'triton'")
 
         self.codebook_size = codebook_size
@@ -123,7 +123,7 @@ class VectorQuant(Quantizer):
         self.in_channels = self.out_channels = codebook_dim * num_codebooks
         self.commitment_weight = float(commitment_weight)
         self.codebook_weight = float(codebook_weight)
-        self.legacy_loss = bool(legacy_loss)
+        self.legacy_loss = bool(legacy_loss) and not ema_update  # EMA: no codebook term, β on commitment
         self.l2_norm = bool(l2_norm)
         self.ema_update = bool(ema_update)
         self.decay = float(decay)

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from conftest import CONF_DIR, compose_config
 from omegaconf import DictConfig
 
-from gqbench.config import SIGNATURE_EXCLUDED, SIGNATURE_KEYS, check_targets, flatten, quantizer_kwargs, run_signature
+from gqbench.config import SIGNATURE_EXCLUDED, SIGNATURE_KEYS, check_targets, flatten, quantizer_from_config, run_signature
 
 GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "experiment"}
 
@@ -19,7 +19,7 @@ def test_config_groups_are_present():
     assert {"unet_tiny", "unet_sd3"} <= set(GROUPS["model"])
 
 
-PRIMARY = {"data", "model", "quantizer", "train", "loss", "eval", "tracking", "paths"}  # conf/config.yaml defaults
+PRIMARY = {"data", "model", "quantizer", "train", "loss", "eval", "tracking", "paths", "protocol", "rate"}  # conf/config.yaml defaults
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
@@ -53,25 +53,39 @@ def test_a_cluster_profile_on_the_command_line_configures_the_slurm_launcher():
 def test_every_experiment_composes(experiment, tmp_path):
     cfg = compose_config([f"+experiment={experiment}"], tmp_path)
     assert cfg.tracking.experiment == experiment
-    kwargs = quantizer_kwargs(cfg.quantizer, cfg.model.z_channels)
-    assert kwargs["num_codebooks"] * kwargs["codebook_dim"] == cfg.model.z_channels
+    assert quantizer_from_config(cfg).out_channels == cfg.model.z_channels
 
 
-@pytest.mark.parametrize("method", GROUPS["at16bits"])
-def test_equal_bits_sweep_sizes_every_method_to_16_bits_per_token(method):
-    from quantizers import build_quantizer
-
-    cfg = compose_config(["+experiment=baselines_16bit", f"+at16bits={method}"])
-    assert cfg.quantizer.name == method
-    q = build_quantizer(**quantizer_kwargs(cfg.quantizer, cfg.model.z_channels))
-    assert q.out_channels == cfg.model.z_channels
-    assert abs(q.bits_per_token - 16) < 0.25
+RATES = sorted(f.stem for f in (CONF_DIR / "rate").glob("*bits.yaml"))
 
 
-def test_equal_bits_sweep_covers_every_registered_method():
+@pytest.mark.parametrize("protocol", ["official", "gq_paper"])
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("method", sorted(GROUPS["quantizer"]))
+def test_every_equal_bits_preset_builds_within_a_quarter_bit(method, rate, protocol):
+    cfg = compose_config([f"quantizer={method}", f"rate={rate}", f"protocol={protocol}"])
+    bits = int(rate.removesuffix("bits"))
+    assert cfg.rate.bits_per_token == bits
+    q = quantizer_from_config(cfg)  # check_rate inside: an error beyond 0.25 bit
+    assert q.out_channels == cfg.model.z_channels and abs(q.bits_per_token - bits) <= 0.25
+
+
+def test_a_preset_that_misses_its_bits_is_an_error():
+    cfg = compose_config(["quantizer=fsq", "rate=16bits", "quantizer.codebook_size=1024", "model.z_channels=4"])
+    with pytest.raises(ValueError, match=r"carries 9\.97 bits/token, not the intended 16 \(tolerance 0\.25 bit\)"):
+        quantizer_from_config(cfg)
+    cfg = compose_config(["quantizer=gq", "rate=32bits", "quantizer.num_codebooks=3", "model.z_channels=12"])
+    with pytest.raises(ValueError, match=r"carries 24\.00 bits/token, not the intended 32"):
+        quantizer_from_config(cfg)
+
+
+def test_presets_and_recipes_cover_every_registered_method():
     from quantizers import known_quantizers
 
-    assert set(GROUPS["at16bits"]) == set(known_quantizers())
+    for rate in RATES:
+        assert {f.name for f in (CONF_DIR / "preset").iterdir() if (f / f"{rate}.yaml").exists()} == set(known_quantizers())
+    for protocol in GROUPS["protocol"]:
+        assert {f.stem for f in (CONF_DIR / "recipe" / protocol).glob("*.yaml")} == set(known_quantizers())
 
 
 def test_paper_backbone_config():
@@ -187,16 +201,6 @@ def test_safe_instantiate_checks_then_passes_arguments_through():
         safe_instantiate(OmegaConf.create({"_target_": "subprocess.call", "args": ["false"]}), path="train.optimizer")
     with pytest.raises(ValueError, match=r"^config key _target_='subprocess.call'"):  # top level: no path prefix
         safe_instantiate(OmegaConf.create({"_target_": "subprocess.call"}))
-
-
-def test_null_sizes_take_the_methods_own_default_with_its_options():
-    node = OmegaConf.create({"name": "fsq", "codebook_size": None, "codebook_dim": None, "num_codebooks": None,
-                             "levels": [5, 3, 3]})
-    kwargs = quantizer_kwargs(node, z_channels=6)
-    assert kwargs["num_codebooks"] == 2 and kwargs["levels"] == [5, 3, 3]  # 3 dims per group from the levels
-    node = OmegaConf.create({"name": "vq", "codebook_size": 16, "codebook_dim": None, "num_codebooks": None})
-    with pytest.raises(ValueError, match=r"quantizer 'vq' needs quantizer.codebook_dim or quantizer.num_codebooks \(both are null\)"):
-        quantizer_kwargs(node, z_channels=6)
 
 
 def test_hydra_flags_may_come_anywhere_among_the_overrides():

@@ -137,7 +137,7 @@ def test_tdc_weights_below_inside_and_above_the_band():
 
 def test_tdc_controller_moves_each_lambda_toward_the_band_and_clamps():
     f = 1.01
-    tdc = TargetDivergenceConstraint(target_bits=8, tolerance=0.5, lam_factor=f)
+    tdc = TargetDivergenceConstraint(target_bits=8, tolerance=0.5, lam_factor=f, updates_per_step=1)
     tdc(torch.full((4, 3), 12.0))  # everything above the band
     assert math.isclose(tdc.lam.item(), f) and math.isclose(tdc.lam_max.item(), f)
     assert math.isclose(tdc.lam_min.item(), 1.0)  # ×f then clamped to its upper limit 1
@@ -152,7 +152,7 @@ def test_tdc_controller_moves_each_lambda_toward_the_band_and_clamps():
 
 def test_tdc_lambda_max_is_clamped_and_lambda_follows_f_to_the_power_of_steps():
     f, steps = 1.01, 800  # 1.01^800 ≈ 2868 > 1e3: the clamp is reached after 695 steps
-    tdc = TargetDivergenceConstraint(target_bits=4, tolerance=0.5, lam_factor=f, lam_max_range=(1.0, 1e3))
+    tdc = TargetDivergenceConstraint(target_bits=4, tolerance=0.5, lam_factor=f, lam_max_range=(1.0, 1e3), updates_per_step=1)
     for _ in range(steps):
         tdc(torch.full((2, 3), 9.0))
     assert tdc.lam_max.item() == 1e3
@@ -164,15 +164,41 @@ def test_tdc_lambda_max_is_clamped_and_lambda_follows_f_to_the_power_of_steps():
 
 
 def test_tdc_controller_reads_mean_min_max_of_the_batch():
-    tdc = TargetDivergenceConstraint(target_bits=8, tolerance=0.5)
+    tdc = TargetDivergenceConstraint(target_bits=8, tolerance=0.5, updates_per_step=1)
     # mean 7.97 (not above T), max on the band edge (inside), min below it: λ down, λ_max down (clamped at 1), λ_min down
     tdc(torch.tensor([[7.0, 8.4, 8.5]]))
     assert math.isclose(tdc.lam.item(), 1 / 1.01) and tdc.lam_max.item() == 1.0
     assert math.isclose(tdc.lam_min.item(), 1 / 1.01)
-    tdc = TargetDivergenceConstraint(target_bits=8, tolerance=0.5)
+    tdc = TargetDivergenceConstraint(target_bits=8, tolerance=0.5, updates_per_step=1)
     tdc(torch.tensor([[7.6, 8.1, 8.51]]))  # mean above T, max just above the band, min inside
     assert math.isclose(tdc.lam.item(), 1.01) and math.isclose(tdc.lam_max.item(), 1.01)
     assert tdc.lam_min.item() == 1.0
+
+
+def test_tdc_moves_twice_per_training_forward_by_default_as_the_reference_per_autoencoder_step():
+    # the reference alternates optimizers by batch and updates on every forward: 2 moves per autoencoder update
+    tdc = TargetDivergenceConstraint(target_bits=8, tolerance=0.5)
+    tdc(torch.full((4, 3), 12.0))
+    assert math.isclose(tdc.lam.item(), 1.01**2) and math.isclose(tdc.lam_max.item(), 1.01**2)
+    q = build_quantizer("gq", codebook_size=16, codebook_dim=2, tdc_updates_per_step=3).train()
+    q(torch.cat([torch.full((1, 2, 2, 2), 9.0), torch.zeros(1, 2, 2, 2)], 1))  # KL far above 4 bits
+    assert math.isclose(q.tdc.lam.item(), 1.01**3)
+    q.eval()(torch.zeros(1, 4, 2, 2))  # evaluation never moves the controller
+    assert math.isclose(q.tdc.lam.item(), 1.01**3)
+    with pytest.raises(ValueError, match=r"updates_per_step=0 must be an integer >= 1"):
+        TargetDivergenceConstraint(target_bits=8, updates_per_step=0)
+
+
+def test_plain_kl_regularizer_is_kl_weight_times_the_summed_kl_and_has_no_controller():
+    q = build_quantizer("gq", codebook_size=16, codebook_dim=2, regularizer="kl", kl_weight=0.5).train()
+    h = torch.randn(3, 4, 2, 2)
+    out = q(h)
+    mu, logvar = h[:, :2], h[:, 2:]
+    kl_bits = 0.5 * (mu**2 + logvar.exp() - 1 - logvar) / math.log(2)
+    assert out.loss.item() == pytest.approx(0.5 * kl_bits.sum().item() / 3, rel=1e-5)
+    assert q.tdc.lam.item() == 1.0  # untouched
+    with pytest.raises(ValueError, match=r"regularizer='l2' must be 'tdc' or 'kl'"):
+        build_quantizer("gq", codebook_size=16, regularizer="l2")
 
 
 def test_log_variance_is_clamped_for_the_kl_the_sample_and_the_gradient():
@@ -214,12 +240,8 @@ def test_codebook_size_not_power_of_two():
 
 
 def test_channels_not_divisible_by_codebook_dim():
-    from gqbench.config import quantizer_kwargs
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.create({"name": "gq", "codebook_size": 256, "codebook_dim": 3, "num_codebooks": None})
     with pytest.raises(ValueError, match=r"channels=8 are not divisible by codebook_dim=3"):
-        quantizer_kwargs(node, z_channels=8)
+        build_quantizer("gq", codebook_size=256, codebook_dim=3, channels=8)
 
 
 def test_unknown_quantizer_lists_the_known_ones():

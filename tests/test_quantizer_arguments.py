@@ -63,6 +63,8 @@ SIGNATURES = {
         lam_factor=1.01,  # paper's controller step f
         lam_min_range=(1e-3, 1.0),
         lam_max_range=(1.0, 1e3),
+        tdc_updates_per_step=2,  # the reference's controller rate per autoencoder step (tdc docstring)
+        regularizer="tdc",
         search_backend="auto",
         search_exact=True,
     ),
@@ -72,7 +74,7 @@ SIGNATURES = {
         num_codebooks=1,
         commitment_weight=0.25,  # VQ-VAE paper / VQGAN β
         codebook_weight=1.0,
-        legacy_loss=False,  # switches all off = VQGAN
+        legacy_loss=True,  # taming's default (bug-compatible) order
         l2_norm=False,
         ema_update=False,
         decay=0.99,  # usual EMA γ (VQ-VAE-2 / vector-quantize-pytorch)
@@ -80,7 +82,7 @@ SIGNATURES = {
         dead_code_threshold=0.0,  # 0 = restarts off
         init="uniform",  # VQGAN U(-1/K, 1/K)
         kmeans_iters=10,
-        reduction="sum",
+        reduction="mean",  # taming: per-element means
         search_backend="auto",
         search_exact=True,
     ),
@@ -100,14 +102,16 @@ SIGNATURES = {
         entropy_ramp=0.0,  # Open-MAGVIT2 configs
         entropy_ramp_steps=2000,
         scale=1.0,
-        reduction="sum",
+        reduction="mean",  # Open-MAGVIT2: per-element / per-token means
+        sphere="token",  # BSQ only: one sphere over the token (official BSQ)
+        straight_through_scale=True,  # BSQ only: gradient 1/√L (official BSQ)
     ),
-    BinarySphericalQuant: dict(commitment_weight=0.0, kwargs="**"),  # every shipped BSQ config: no commitment
+    BinarySphericalQuant: dict(  # official BSQ-ViT: beta 0, inv_temperature 1, per-bit entropy, rampup x3
+        commitment_weight=0.0, temperature=1.0, entropy_group_size=1, entropy_ramp=2.0, kwargs="**"),
     TokenBridge: dict(
         codebook_size="required", codebook_dim=None, num_codebooks=1,
         value_range=3.0,  # R = s: identity map (TokenBridge's own --range is 5)
         std_range=3.0,  # TokenBridge truncates at ±3 standard deviations
-        regularizer="tdc",
         vae_options="**",
     ),
     TargetDivergenceConstraint: dict(
@@ -116,6 +120,7 @@ SIGNATURES = {
         lam_factor=1.01,  # paper's f
         lam_min_range=(1e-3, 1.0),
         lam_max_range=(1.0, 1e3),
+        updates_per_step=2,
     ),
 }
 
@@ -186,8 +191,8 @@ def test_vq_defaults_as_stored():
     q = VectorQuant(codebook_size=16, codebook_dim=4)
     assert attrs(q, VQ_STORED) == dict(
         codebook_size=16, codebook_dim=4, num_codebooks=1, in_channels=4, out_channels=4, commitment_weight=0.25,
-        codebook_weight=1.0, legacy_loss=False, l2_norm=False, ema_update=False, decay=0.99, eps=1e-5,
-        dead_code_threshold=0.0, init="uniform", kmeans_iters=10, reduction="sum", search_backend="auto",
+        codebook_weight=1.0, legacy_loss=True, l2_norm=False, ema_update=False, decay=0.99, eps=1e-5,
+        dead_code_threshold=0.0, init="uniform", kmeans_iters=10, reduction="mean", search_backend="auto",
         search_exact=True)
     assert type(q.search_exact) is bool
     assert q.codebook.requires_grad and bool(q.initialized)
@@ -197,15 +202,15 @@ def test_vq_defaults_as_stored():
 
 def test_vq_non_defaults_are_stored():
     q = VectorQuant(codebook_size=32, codebook_dim=3, num_codebooks=2, commitment_weight=0.5, codebook_weight=0.75,
-                    legacy_loss=True, l2_norm=True, decay=0.9, eps=1e-4, dead_code_threshold=0.5, init="kmeans",
-                    kmeans_iters=3, reduction="mean", search_backend="torch", search_exact=False)
+                    legacy_loss=False, l2_norm=True, decay=0.9, eps=1e-4, dead_code_threshold=0.5, init="kmeans",
+                    kmeans_iters=3, reduction="sum", search_backend="torch", search_exact=False)
     assert attrs(q, VQ_STORED) == dict(
         codebook_size=32, codebook_dim=3, num_codebooks=2, in_channels=6, out_channels=6, commitment_weight=0.5,
-        codebook_weight=0.75, legacy_loss=True, l2_norm=True, ema_update=False, decay=0.9, eps=1e-4,
-        dead_code_threshold=0.5, init="kmeans", kmeans_iters=3, reduction="mean", search_backend="torch",
+        codebook_weight=0.75, legacy_loss=False, l2_norm=True, ema_update=False, decay=0.9, eps=1e-4,
+        dead_code_threshold=0.5, init="kmeans", kmeans_iters=3, reduction="sum", search_backend="torch",
         search_exact=False)
     assert not bool(q.initialized)  # k-means runs on the first training batch
-    e = VectorQuant(codebook_size=16, codebook_dim=2, ema_update=True, search_backend="triton")
+    e = VectorQuant(codebook_size=16, codebook_dim=2, ema_update=True, legacy_loss=False, search_backend="triton")
     assert e.ema_update is True and e.search_backend == "triton"
     assert not e.codebook.requires_grad
     assert torch.equal(e.embed_sum, e.codebook.detach())
@@ -254,11 +259,12 @@ def test_fsq_buffers_equal_the_float64_formulas(eps):
 
 LFQ_STORED = ["codebook_size", "codebook_dim", "num_codebooks", "in_channels", "out_channels", "commitment_weight",
               "entropy_weight", "sample_weight", "codebook_weight", "temperature", "entropy_group_size",
-              "entropy_ramp", "entropy_ramp_steps", "scale", "reduction"]
+              "entropy_ramp", "entropy_ramp_steps", "scale", "reduction", "sphere", "sphere_dims",
+              "straight_through_scale"]
 LFQ_DEFAULTS = dict(codebook_size=256, codebook_dim=8, num_codebooks=1, in_channels=8, out_channels=8,
                     commitment_weight=0.25, entropy_weight=0.1, sample_weight=1.0, codebook_weight=1.0,
                     temperature=0.01, entropy_group_size=8, entropy_ramp=0.0, entropy_ramp_steps=2000, scale=1.0,
-                    reduction="sum")
+                    reduction="mean", sphere="token", sphere_dims=8, straight_through_scale=False)
 
 
 def test_lfq_defaults_as_stored():
@@ -271,18 +277,23 @@ def test_lfq_defaults_as_stored():
 
 def test_bsq_defaults_as_stored():
     q = BinarySphericalQuant(codebook_size=256)
-    assert attrs(q, LFQ_STORED) == dict(LFQ_DEFAULTS, commitment_weight=0.0, scale=1 / math.sqrt(8))
+    assert attrs(q, LFQ_STORED) == dict(LFQ_DEFAULTS, commitment_weight=0.0, scale=1 / math.sqrt(8), temperature=1.0,
+                                        entropy_group_size=1, entropy_ramp=2.0, straight_through_scale=True)
+    wide = BinarySphericalQuant(codebook_size=16, num_codebooks=3)  # one sphere over the token's 12 bits
+    assert (wide.sphere_dims, wide.scale) == (12, 1 / math.sqrt(12))
+    grouped = BinarySphericalQuant(codebook_size=16, num_codebooks=3, sphere="group", straight_through_scale=False)
+    assert (grouped.sphere_dims, grouped.scale, grouped.straight_through_scale) == (4, 0.5, False)
     assert q.spherical and not LookupFreeQuant.spherical
 
 
 def test_lfq_non_defaults_are_stored():
     q = LookupFreeQuant(codebook_size=64, codebook_dim=6, num_codebooks=2, commitment_weight=0.025,
                         entropy_weight=0.2, sample_weight=0.5, codebook_weight=2.0, temperature=0.5,
-                        entropy_group_size=2, entropy_ramp=3.0, entropy_ramp_steps=7, scale=0.5, reduction="mean")
-    assert attrs(q, LFQ_STORED) == dict(
+                        entropy_group_size=2, entropy_ramp=3.0, entropy_ramp_steps=7, scale=0.5, reduction="sum")
+    assert attrs(q, LFQ_STORED) == dict(sphere="token", sphere_dims=6, straight_through_scale=False,
         codebook_size=64, codebook_dim=6, num_codebooks=2, in_channels=12, out_channels=12, commitment_weight=0.025,
         entropy_weight=0.2, sample_weight=0.5, codebook_weight=2.0, temperature=0.5, entropy_group_size=2,
-        entropy_ramp=3.0, entropy_ramp_steps=7, scale=0.5, reduction="mean")
+        entropy_ramp=3.0, entropy_ramp_steps=7, scale=0.5, reduction="sum")
     assert q.sub_codes.tolist() == [[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]]
 
 
@@ -365,12 +376,12 @@ def test_extra_repr_lists_the_arguments():
         "regularizer=tdc")
     assert VectorQuant(codebook_size=16, codebook_dim=4, num_codebooks=2).extra_repr() == (
         "in_channels=8, out_channels=8, codebook_size=16, num_codebooks=2, bits_per_token=8, codebook_dim=4, "
-        "commitment_weight=0.25, init=uniform")
+        "commitment_weight=0.25, init=uniform, legacy_loss")
     assert VectorQuant(codebook_size=16, codebook_dim=4, num_codebooks=2, l2_norm=True, ema_update=True,
                        init="kmeans").extra_repr() == (
         "in_channels=8, out_channels=8, codebook_size=16, num_codebooks=2, bits_per_token=8, codebook_dim=4, "
         "commitment_weight=0.25, init=kmeans, l2_norm, ema_update")
-    assert TargetDivergenceConstraint(target_bits=4).extra_repr() == "target_bits=4, tolerance=0.5, lam_factor=1.01"
+    assert TargetDivergenceConstraint(target_bits=4).extra_repr() == "target_bits=4, tolerance=0.5, lam_factor=1.01, updates_per_step=2"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -588,9 +599,6 @@ def test_tokenbridge_refuses_gq_codebook_options(option):
     (dict(kmeans_iters=1.5), "kmeans_iters=1.5 must be an integer >= 1"),
     (dict(kmeans_iters=2.0), "kmeans_iters=2.0 must be an integer >= 1"),
     (dict(reduction="max"), "reduction='max' must be 'sum' or 'mean'"),
-    (dict(legacy_loss=True, ema_update=True),
-     "legacy_loss=True has no meaning with ema_update=True (the EMA codebook has no codebook term; the commitment "
-     "term keeps commitment_weight); set legacy_loss=false"),
 ])
 def test_vq_rejects(kw, message):
     with raises(message):
@@ -861,5 +869,5 @@ def test_groups_for_channels():
 
 
 def test_package_exports():
-    assert quantizers.__all__ == ["Quantizer", "QuantizerOutput", "build_quantizer", "default_codebook_dim",
-                                  "known_quantizers", "register_quantizer"]
+    assert quantizers.__all__ == ["RATE_TOLERANCE_BITS", "Quantizer", "QuantizerOutput", "build_quantizer",
+                                  "check_rate", "default_codebook_dim", "known_quantizers", "register_quantizer"]

@@ -60,24 +60,27 @@ def test_bad_input_channels_name_the_expected_count(name):
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_each_config_builds_a_quantizer_that_fits_the_default_latent(name):
     from conftest import compose_config
-    from gqbench.config import quantizer_kwargs
+    from gqbench.config import quantizer_from_config
 
     cfg = compose_config([f"quantizer={name}"])
-    q = build_quantizer(**quantizer_kwargs(cfg.quantizer, cfg.model.z_channels))
+    q = quantizer_from_config(cfg)
     assert q.out_channels == cfg.model.z_channels and type(q).__name__ in repr(q)
 
 
-def test_null_codebook_dim_takes_the_methods_own_default():
-    from conftest import compose_config
-    from gqbench.config import quantizer_kwargs
-
-    cfg = compose_config(["quantizer=fsq", "quantizer.codebook_size=256", "model.z_channels=6"])
-    assert quantizer_kwargs(cfg.quantizer, 6)["num_codebooks"] == 2  # [8,6,5]: 3 dims per group
-    cfg = compose_config(["quantizer=gq", "quantizer.codebook_dim=null"])
-    assert quantizer_kwargs(cfg.quantizer, 8)["num_codebooks"] == 1  # log2 256 = 8 dims
-    cfg = compose_config(["quantizer=vq", "quantizer.codebook_dim=null"])
-    with pytest.raises(ValueError, match="'vq' needs quantizer.codebook_dim"):
-        quantizer_kwargs(cfg.quantizer, 8)
+def test_each_method_sizes_itself_for_the_latent_width():
+    # null codebook_dim: the method's own dims (FSQ: len(levels); GQ: log2 K); groups = channels / dims
+    assert build_quantizer("fsq", codebook_size=256, channels=6).num_codebooks == 2  # [8,6,5]: 3 dims per group
+    assert build_quantizer("fsq", codebook_size=None, levels=[5, 3, 3], channels=6).num_codebooks == 2
+    assert build_quantizer("gq", codebook_size=256, channels=8).num_codebooks == 1  # log2 256 = 8 dims
+    assert build_quantizer("gq", codebook_size=256, codebook_dim=4, channels=8).in_channels == 16  # mean + logvar
+    assert build_quantizer("tokenbridge", codebook_size=4, channels=8).num_codebooks == 8
+    assert build_quantizer("gq", codebook_size=256, codebook_dim=4).num_codebooks == 1  # no channels: one group
+    with pytest.raises(ValueError, match=r"quantizer 'vq' needs codebook_dim or num_codebooks to split 8 latent channels"):
+        build_quantizer("vq", codebook_size=256, channels=8)
+    with pytest.raises(ValueError, match=r"latent channels=8 are not divisible by codebook_dim=3"):
+        build_quantizer("gq", codebook_size=256, codebook_dim=3, channels=8)
+    with pytest.raises(ValueError, match=r"decodes to 12 latent channels but the model has channels=8; set model.z_channels=12"):
+        build_quantizer("gq", codebook_size=256, codebook_dim=4, num_codebooks=3, channels=8)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

@@ -172,7 +172,7 @@ def test_vq_eval_loss_and_stats():
     out = q(h)
     z, c, idx = vq_rows_and_choice(q, h)
     assert out.indices.reshape(-1).tolist() == idx.tolist()
-    sq = ((z - c[idx]) ** 2).sum().item() / 3  # reduction="sum": over elements, per image
+    sq = ((z - c[idx]) ** 2).mean().item()  # reduction="mean" (taming): per element
     assert out.loss.item() == pytest.approx(1.25 * sq, rel=1e-5)  # β·commitment + 1·codebook, equal values
     assert out.stats == pytest.approx({"commitment": sq, "vq_loss": 1.25 * sq}, rel=1e-5)
 
@@ -186,7 +186,7 @@ def test_vq_training_stats_with_l2_rows(threshold):
     z, c, idx = vq_rows_and_choice(q, h)
     out = q(h)
     assert out.indices.reshape(-1).tolist() == idx.tolist()
-    sq = ((z - c[idx]) ** 2).sum().item() / 2  # unit rows against unit codewords
+    sq = ((z - c[idx]) ** 2).mean().item()  # unit rows against unit codewords, per element
     used = len(set(idx.tolist()))
     assert out.stats == pytest.approx({"commitment": sq, "vq_loss": 1.25 * sq, "batch_usage": used / 16,
                                        "active_codes": 1.0, "restarted_codes": 0.0}, rel=1e-5)
@@ -214,7 +214,7 @@ def restart_case():
     before = q.codebook.detach().clone()
     out = q(h)
     assert out.indices.flatten().tolist() == [0, 3, 3, 3, 3, 3]
-    sq = ((rows - before[[0, 3, 3, 3, 3, 3]]) ** 2).sum().item()
+    sq = ((rows - before[[0, 3, 3, 3, 3, 3]]) ** 2).mean().item()  # taming: per-element mean
     assert out.stats == pytest.approx({"commitment": sq, "vq_loss": 1.25 * sq, "batch_usage": 0.5,
                                        "active_codes": 0.5, "restarted_codes": 1.0}, rel=1e-5)
     new = q.codebook.detach()
@@ -337,7 +337,7 @@ def test_check_indices_messages():
 # ---------------------------------------------------------------------------------------------- TDC
 
 def test_tdc_loss_and_stats_per_group_over_a_batch():
-    tdc = TargetDivergenceConstraint(target_bits=4, tolerance=0.5)
+    tdc = TargetDivergenceConstraint(target_bits=4, tolerance=0.5, updates_per_step=1)
     tdc.lam.fill_(1.5)
     tdc.lam_min.fill_(0.5)
     tdc.lam_max.fill_(2.0)
@@ -508,8 +508,10 @@ def entropies_by_hand(z, scale, tau):
 def test_lfq_bsq_loss_stats_and_values(name, training):
     torch.manual_seed(0)
     tau = 0.7
+    # the named options "sum" reduction and, for BSQ, one sphere per group without ramp (the defaults: elsewhere)
+    bsq_options = dict(sphere="group", entropy_ramp=0.0, entropy_group_size=4) if name == "bsq" else {}
     q = build_quantizer(name, codebook_size=16, num_codebooks=2, temperature=tau, commitment_weight=0.25,
-                        entropy_weight=0.1).train(training)
+                        entropy_weight=0.1, reduction="sum", **bsq_options).train(training)
     h = torch.randn(2, 8, 3, 5)
     h[0, 0, 0, 0] = 0.0  # exactly zero: the code is −scale
     if name == "bsq":

@@ -68,7 +68,7 @@ def test_fsq_reaches_both_ends_of_an_even_level_set():
 def test_lfq_and_bsq_entropies_are_within_their_bounds(name, bits, seed, scale):
     q = build_quantizer(name, codebook_size=2**bits, num_codebooks=2).train()
     stats = q(random_input(q, seed, scale, height=4, width=4)).stats
-    max_nats = bits * math.log(2)
+    max_nats = bits * math.log(2) * (2 if name == "bsq" else 1)  # BSQ: the token's 2 groups are one code
     assert 0.0 <= stats["sample_entropy"] <= max_nats + 1e-5
     assert 0.0 <= stats["codebook_entropy"] <= max_nats + 1e-5
 
@@ -76,7 +76,8 @@ def test_lfq_and_bsq_entropies_are_within_their_bounds(name, bits, seed, scale):
 @PROPERTY
 @given(seed=seeds, scale=scales, factor=st.sampled_from([1e-2, 0.5, 7.0, 300.0]))
 def test_bsq_is_invariant_to_the_input_scale(seed, scale, factor):
-    q = build_quantizer("bsq", codebook_size=16, num_codebooks=2, entropy_weight=0.1, commitment_weight=0.25).train()
+    q = build_quantizer("bsq", codebook_size=16, num_codebooks=2, entropy_weight=0.1, commitment_weight=0.25,
+                        entropy_ramp=0.0).train()  # no ramp: a and b are two forwards
     h = random_input(q, seed, scale)
     a, b = q(h), q(h * factor)
     assert torch.equal(a.indices, b.indices)
@@ -99,12 +100,12 @@ def test_bsq_terms_are_computed_on_the_unit_sphere():
     p = torch.sigmoid(4 * u / (math.sqrt(L) * tau))
     sample_entropy = -(p * p.log() + (1 - p) * (1 - p).log()).sum(-1).mean()
     assert math.isclose(out.stats["sample_entropy"], sample_entropy.item(), rel_tol=1e-4)
-    # z_q carries the gradient of the projection (straight-through on u, not on z)
+    # z_q carries the gradient of the projection (straight-through on u, not on z), scaled 1/√L
     h.requires_grad_()
     v = torch.randn(3, L, 2, 2)
     (q(h).z_q * v).sum().backward()
     h2 = h.detach().clone().requires_grad_()
-    (torch.nn.functional.normalize(h2, dim=1) * v).sum().backward()
+    (torch.nn.functional.normalize(h2, dim=1) * v / math.sqrt(L)).sum().backward()  # official BSQ: × 1/√L
     assert torch.allclose(h.grad, h2.grad, atol=1e-6)
 
 
@@ -126,4 +127,5 @@ def test_gq_with_tdc_holds_every_group_near_log2_k_after_training(bits):
     q.eval()
     stats = q(h.detach()).stats
     assert abs(stats["bits_mean"] - bits) < 0.25, stats
-    assert stats["bits_in_band"] > 0.7 and bits - 1.5 < stats["bits_min"] <= stats["bits_max"] < bits + 1.5, stats
+    # the reference rate (2 controller moves per step) swings a little wider than one move per step did (±1.5)
+    assert stats["bits_in_band"] > 0.7 and bits - 1.75 < stats["bits_min"] <= stats["bits_max"] < bits + 1.75, stats

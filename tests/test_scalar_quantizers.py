@@ -106,7 +106,7 @@ def test_eval_codes_match_the_formula_and_decode_then_encode_returns_the_indices
         half, off = (L - 1) * (1 - 1e-3) / 2, torch.where(L % 2 == 0, 0.5, 0.0)
         expected = torch.round(torch.tanh(z + torch.atanh(off / half)) * half - off) / torch.floor(L / 2)
     else:
-        scale = 1 / math.sqrt(5) if name == "bsq" else 1.0
+        scale = 1 / math.sqrt(10) if name == "bsq" else 1.0  # BSQ: one sphere over the token's 2 x 5 bits
         expected = torch.where(z > 0, scale, -scale)
     assert torch.allclose(channels_to_groups(q(h).z_q, 2), expected, atol=1e-6)
     idx = torch.randint(q.codebook_size, (2, 2, 3, 3))
@@ -176,18 +176,51 @@ def test_lfq_straight_through_gradient_is_identity():
     assert torch.equal(h.grad, torch.full_like(h, 3.0))
 
 
-def test_bsq_codes_lie_on_the_sphere_and_the_error_is_bounded():
+@pytest.mark.parametrize("sphere, dims", [("token", 16), ("group", 8)])
+def test_bsq_codes_lie_on_the_sphere_and_the_error_is_bounded(sphere, dims):
     torch.manual_seed(0)
-    q = build_quantizer("bsq", codebook_size=256, num_codebooks=2).eval()
-    assert q.commitment_weight == 0.0
+    q = build_quantizer("bsq", codebook_size=256, num_codebooks=2, sphere=sphere).eval()
+    assert q.commitment_weight == 0.0 and q.scale == 1 / math.sqrt(dims)
     h = torch.randn(4, 16, 3, 3) * torch.rand(4, 16, 3, 3) * 10
     out = q(h)
-    codes = channels_to_groups(out.z_q, 2)
-    assert torch.allclose(codes.norm(dim=-1), torch.ones(codes.shape[:-1]), atol=1e-6)
-    u = torch.nn.functional.normalize(channels_to_groups(h, 2), dim=-1)
-    err = (u - codes).square().sum(-1)
-    assert (err <= 2 - 2 / math.sqrt(8) + 1e-6).all()
+    codes = channels_to_groups(out.z_q, 2)  # (B, G, H, W, k)
+    norms = codes.square().sum((1, -1)).sqrt() if sphere == "token" else codes.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-6)
+    z = channels_to_groups(h, 2)
+    u = z / z.square().sum((1, -1), keepdim=True).sqrt() if sphere == "token" else torch.nn.functional.normalize(z, dim=-1)
+    err = (u - codes).square().sum((1, -1) if sphere == "token" else -1)
+    assert (err <= 2 - 2 / math.sqrt(dims) + 1e-6).all()
     assert torch.equal(q.encode(h * 7.5), out.indices)  # on the sphere: the input scale does not matter
+
+
+def test_bsq_straight_through_gradient_is_one_over_sqrt_l_as_the_official_code():
+    # official BSQ: zq = (u + sg(sign(u) - u)) * q_scale, q_scale = 1/sqrt(L): gradient 1/sqrt(L) w.r.t. u
+    torch.manual_seed(0)
+    kw = dict(codebook_size=16, num_codebooks=4, entropy_weight=0.0)  # L = 16 on one sphere
+    h = torch.randn(2, 16, 3, 3)
+    g = torch.randn_like(h)
+    grads = {}
+    for scaled in (True, False):
+        u = torch.nn.functional.normalize(h, dim=1).requires_grad_()  # already on the sphere: d u / d h is not tested
+        q = build_quantizer("bsq", straight_through_scale=scaled, **kw).train()
+        z_q = q(u).z_q
+        assert torch.allclose(z_q, torch.where(u > 0, 0.25, -0.25))  # the value is the code either way
+        grads[scaled] = torch.autograd.grad((z_q * g).sum(), u)[0]
+    # through the normalisation both get the same projection; the official one is 1/√16 = 0.25 of ours before
+    assert torch.allclose(grads[True], 0.25 * grads[False], atol=1e-7)
+
+
+def test_bsq_codebook_entropy_is_per_bit_by_default_and_sums_over_the_token():
+    # official analytical BSQ: p(bit_i = +) = σ(4 u_i / (√L τ)); H_c = Σ_i H(batch mean of p_i); H_s = Σ_i mean H(p_i)
+    torch.manual_seed(0)
+    q = build_quantizer("bsq", codebook_size=16, num_codebooks=2, temperature=0.5)
+    assert q.entropy_group_size == 1
+    u = torch.nn.functional.normalize(torch.randn(50, 8), dim=-1)
+    p = torch.sigmoid(4 * u / (math.sqrt(8) * 0.5))
+    binary = lambda p: -(p * p.log() + (1 - p) * (1 - p).log())
+    h_s, h_c = q.entropies(u.view(50, 2, 4))
+    assert h_s.item() == pytest.approx(binary(p).sum(-1).mean().item(), rel=1e-5)
+    assert h_c.item() == pytest.approx(binary(p.mean(0)).sum().item(), rel=1e-5)
 
 
 def test_bsq_rejects_a_code_scale():
