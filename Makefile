@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine (see README):
-#   make demo   -> creates .venv, runs the quickstart sweep on the bundled images, writes the tables
+#   make demo   -> creates .venv, trains GQ and the five baselines at 16 bits/token on the bundled images, writes the table
 #   make test   -> creates .venv, runs the test suite
 # Python 3.11 (hydra-core 1.3 and the local torch wheels are for 3.11); falls back to python3.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
@@ -22,8 +22,8 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m gqbench.sweep -m +experiment=quickstart
-	$(PY) -m gqbench.report --experiment quickstart
+	$(PY) -m gqbench.sweep -m +experiment=demo
+	$(PY) -m gqbench.report --experiment demo
 
 # one pytest worker per core: the slow tests are subprocess jobs and CLI runs that parallelise well; tests of one
 # xdist_group (the SLURM ones share a cluster) run on one worker

@@ -62,7 +62,8 @@ def safe_instantiate(node: Any, *args, path: str = "", **kwargs):
 
 
 # ... minus the keys that change how a job runs but not what it produces
-SIGNATURE_EXCLUDED = {"train": ("num_workers", "log_every", "checkpoint_every"), "loss": ("perceptual_weights",)}
+SIGNATURE_EXCLUDED = {"train": ("num_workers", "log_every", "checkpoint_every"), "loss": ("perceptual_weights",),
+                      "data": ("cache_dir",)}
 
 
 def run_signature(cfg: DictConfig) -> str:

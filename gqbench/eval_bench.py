@@ -43,7 +43,7 @@ def bench_size(size: int, images: int, batch_size: int, device: torch.device, in
     from hydra import compose, initialize_config_dir
 
     from . import metrics as M
-    from .data import TensorImageDataset, _smooth_images
+    from .data.synthetic_images import TensorImageDataset, _smooth_images
     from .evaluate import evaluate
     from .job import assemble
     from .sweep import config_dir

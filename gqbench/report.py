@@ -21,6 +21,8 @@ from .tracking import default_tracking_uri, job_runs, silence_mlflow_noise
 # (column in search_runs, header, format); metric columns are named by gqbench.metrics' constants
 COLUMNS = [
     ("params.quantizer.name", "method", None),
+    ("params.protocol.name", "protocol", None),
+    ("deviations", "deviations", None),
     ("params.model.name", "backbone", None),
     (f"metrics.{M.CODEBOOK_SIZE}", "K", "{:.0f}"),
     (f"metrics.{M.CODEBOOK_DIM}", "m", "{:.0f}"),
@@ -42,6 +44,34 @@ COLUMNS = [
     ("params.train.max_steps", "steps", None),
     ("metrics.eval_images", "eval images", "{:.0f}"),
 ]
+
+
+# keys that size a code or pick a search kernel: not training settings, never listed as deviations
+NOT_SETTINGS = {"name", "codebook_size", "codebook_dim", "num_codebooks", "levels", "search_backend", "search_exact"}
+
+
+def deviations(runs: pd.DataFrame) -> pd.Series:
+    """Per run, the quantizer options it set away from its method's official defaults (quantizers.official_defaults),
+    e.g. "legacy_loss=False; temperature=0.01"; "" when it ran every option as the authors' code does."""
+    import yaml
+
+    from quantizers import known_quantizers, official_defaults
+
+    def of(row: pd.Series) -> str:
+        name = row.get("params.quantizer.name")
+        if not isinstance(name, str) or name not in known_quantizers():
+            return ""
+        changed = []
+        for key, default in official_defaults(name).items():
+            text = row.get(f"params.quantizer.{key}")
+            if key in NOT_SETTINGS or not isinstance(text, str):
+                continue
+            value = None if text == "None" else yaml.safe_load(text)
+            if value != (list(default) if isinstance(default, tuple) else default):
+                changed.append(f"{key}={text}")
+        return "; ".join(changed)
+
+    return runs.apply(of, axis=1) if len(runs) else pd.Series(dtype=object)
 
 
 def not_available(done: pd.DataFrame, column: str) -> pd.Series:
@@ -74,6 +104,7 @@ def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def comparison_table(runs: pd.DataFrame, formatted: bool = True) -> pd.DataFrame:
     """One row per finished job; numbers formatted for Markdown, or raw (for the CSV)."""
     done = finished_runs(runs)
+    done = done.assign(deviations=deviations(done))
     table = pd.DataFrame({header: done[col] if col in done else None for col, header, _ in COLUMNS}, index=done.index)
     if formatted:
         for col, header, fmt in COLUMNS:
@@ -98,6 +129,11 @@ def unfinished_jobs(runs: pd.DataFrame) -> pd.DataFrame:
 def render(experiment: str, runs: pd.DataFrame) -> str:
     table = comparison_table(runs)
     lines = [f"# {experiment}", "", f"{len(table)} finished job(s).", ""]
+    done = finished_runs(runs)
+    if "params.protocol.summary" in done:  # what each protocol means, in the caption (conf/protocol/)
+        lines += [f"Protocol {summary}." for summary in sorted(done["params.protocol.summary"].dropna().unique())]
+        lines += ["deviations: the quantizer options a run set away from its method's official defaults "
+                  "(quantizers/<method>.py docstrings).", ""]
     if len(table):
         # the cells are already formatted: tabulate must not re-parse "25.00" as 25 (it drops the digits)
         align = ["right" if fmt else "left" for _, _, fmt in COLUMNS]  # numbers right-aligned, as text they are not

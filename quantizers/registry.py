@@ -1,6 +1,7 @@
 """Name -> quantizer class registry; `build_quantizer` is the one way the rest of gqbench makes a quantizer."""
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Callable
 
@@ -88,3 +89,17 @@ def check_rate(quantizer: Quantizer, bits_per_token: float, tolerance: float = R
             f"{bits_per_token:g} (tolerance {tolerance:g} bit): {quantizer.extra_repr()}; fix the preset's "
             "codebook_size / levels / num_codebooks, or set rate=none for an unconstrained size"
         )
+
+
+def official_defaults(name: str) -> dict[str, object]:
+    """The keyword defaults of `name`'s constructor and of the bases it forwards to: the method's official settings
+    (every deviation from them is a named option; reports list the ones a run changed)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown quantizer {name!r}; known quantizers: {', '.join(known_quantizers())}")
+    defaults: dict[str, object] = {}
+    for klass in reversed(_REGISTRY[name].__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            defaults.update({p.name: p.default for p in inspect.signature(init).parameters.values()
+                             if p.default is not inspect.Parameter.empty})
+    return defaults

@@ -111,14 +111,14 @@ def test_bundled_skips_a_failing_source_with_its_reason(monkeypatch, caplog):
     checker = (np.indices((128, 128)).sum(axis=0) // 16 % 2 * 255).astype(np.uint8)
     fine = data.BundledSource("checker", "checker", lambda: np.stack([checker] * 3, axis=-1))
     spare = data.BundledSource("spare", "spare", lambda: np.full((64, 64, 3), 128, np.uint8))
-    monkeypatch.setattr(data, "BUNDLED_SOURCES", (data.BundledSource("broken", "broken", broken), fine, spare))
+    monkeypatch.setattr(data.bundled_photos, "BUNDLED_SOURCES", (data.BundledSource("broken", "broken", broken), fine, spare))
     with caplog.at_level(logging.WARNING, logger="gqbench.data"):
         splits = data.bundled(image_size=32, seed=0, val_images=1)
     assert "broken" in caplog.text and "disk on fire" in caplog.text
     assert set(splits.train.sources) | set(splits.val.sources) == {"checker", "spare"}
     assert "broken" in splits.description
 
-    monkeypatch.setattr(data, "BUNDLED_SOURCES", (data.BundledSource("broken", "broken", broken),))
+    monkeypatch.setattr(data.bundled_photos, "BUNDLED_SOURCES", (data.BundledSource("broken", "broken", broken),))
     with pytest.raises(RuntimeError, match="no source image could be loaded.*disk on fire"):
         data.bundled(image_size=32)
 
@@ -234,6 +234,39 @@ def test_imagefolder_strict_raises_naming_the_corrupt_file(folder):
         data.imagefolder(root=folder, image_size=16, strict=True)
 
 
+def test_imagefolder_verifies_each_folder_state_once_and_reuses_the_list(folder, tmp_path, monkeypatch):
+    from gqbench.data import image_folder
+
+    decoded = []
+    real = image_folder._check_decodes
+    monkeypatch.setattr(image_folder, "_check_decodes", lambda path: decoded.append(path.name) or real(path))
+    cache = tmp_path / "cache"
+    first = data.imagefolder(root=folder, image_size=16, val_fraction=0.34, cache_dir=cache)
+    assert len(decoded) == 8 and len(list(cache.glob("verified-*.json"))) == 1
+    decoded.clear()
+    again = data.imagefolder(root=folder, image_size=16, val_fraction=0.34, cache_dir=cache)
+    assert decoded == []  # the next job / rank only lists and stats the folder
+    assert again.train.files == first.train.files and again.val.files == first.val.files
+    assert [(p.name, why) for p, why in again.train.skipped] == [(p.name, why) for p, why in first.train.skipped]
+    with pytest.raises(ValueError, match=r"broken\.jpg.*strict=false"):  # a cached bad file is still an error when strict
+        data.imagefolder(root=folder, image_size=16, strict=True, cache_dir=cache)
+    assert decoded == []
+    save(folder / "cats" / "new.png", noise(20, 20, seed=9))  # the folder changed: verified again, new entry
+    data.imagefolder(root=folder, image_size=16, val_fraction=0.34, cache_dir=cache)
+    assert len(decoded) == 9 and len(list(cache.glob("verified-*.json"))) == 2
+
+
+def test_imagefolder_config_caches_under_the_runs_folder_outside_the_signature(tmp_path):
+    from conftest import compose_config
+
+    from gqbench.config import run_signature
+
+    cfg = compose_config(["data=imagefolder", "data.root=/some/where"], tmp_path)
+    assert cfg.data.cache_dir == str(tmp_path / "runs" / "cache" / "imagefolder")
+    moved = compose_config(["data=imagefolder", "data.root=/some/where", "data.cache_dir=/elsewhere"], tmp_path)
+    assert run_signature(moved) == run_signature(cfg)
+
+
 def test_imagefolder_missing_path_raises_naming_it(tmp_path):
     missing = tmp_path / "no_such_dir"
     with pytest.raises(FileNotFoundError, match="no_such_dir.*data.root="):
@@ -318,7 +351,7 @@ def test_config_defaults_match_the_function_defaults(name):
     parameters = inspect.signature(function).parameters
     for key, value in config.items():
         assert parameters[key].kind is inspect.Parameter.KEYWORD_ONLY
-        if value != "???":
+        if value != "???" and not str(value).startswith("${paths."):  # run-folder paths: the config's job
             assert parameters[key].default == value, key
 
 
@@ -331,7 +364,7 @@ def test_bundled_config_split_does_not_follow_the_training_seed(bundled32):
 
 
 def test_imagefolder_and_synthetic_configs_instantiate(folder):
-    splits = instantiate(compose("imagefolder", seed=0, root=str(folder), image_size=16))
+    splits = instantiate(compose("imagefolder", seed=0, root=str(folder), image_size=16, cache_dir=None))
     assert isinstance(splits, data.DataSplits) and len(splits.train) + len(splits.val) == 6
     assert splits.train[0].shape == (3, 16, 16)
     splits = instantiate(compose("synthetic", seed=0, num_train=4, num_val=2))

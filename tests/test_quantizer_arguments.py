@@ -870,4 +870,5 @@ def test_groups_for_channels():
 
 def test_package_exports():
     assert quantizers.__all__ == ["RATE_TOLERANCE_BITS", "Quantizer", "QuantizerOutput", "build_quantizer",
-                                  "check_rate", "default_codebook_dim", "known_quantizers", "register_quantizer"]
+                                  "check_rate", "default_codebook_dim", "known_quantizers", "official_defaults",
+                                  "register_quantizer"]
