@@ -154,7 +154,7 @@ def test_rendered_markdown_is_exactly_the_table_the_failures_and_the_note():
     dash = "–"
     headers = [h for _, h, _ in report.COLUMNS]
     cells = ["gq"] + [dash] * (headers.index("PSNR↑") - 1) + ["25.00"] + [dash] * (len(headers) - headers.index("PSNR↑") - 1)
-    for header in ("backbone", "seed", "steps"):  # unformatted columns the runs lack stay empty, not invented
+    for header in ("protocol", "deviations", "backbone", "seed", "steps"):  # unformatted columns the runs lack stay empty
         cells[headers.index(header)] = ""
     text = report.render("exp", frame)
     lines = text.split("\n")
@@ -172,6 +172,19 @@ def test_rendered_markdown_is_exactly_the_table_the_failures_and_the_note():
     assert "n/a (why): the metric could not be computed" in lines[14]
     assert lines[14].endswith("K, m, groups: the code as built (FSQ: K = ∏ levels); bpp is nominal.")
     assert lines[15:] == [""]
+
+
+def test_caption_names_the_protocol_and_the_table_lists_each_runs_deviations_from_official_defaults():
+    base = {"status": "FINISHED", "params.protocol.name": "gq_paper", "params.protocol.summary": "gq_paper: as the GQ authors",
+            "params.quantizer.name": "bsq", "params.quantizer.temperature": "1.0", "params.quantizer.sphere": "token",
+            "params.quantizer.entropy_group_size": "1", "params.quantizer.codebook_size": "65536"}
+    frame = runs_frame([dict(base, **{"tags.signature": "A", "start_time": 1, "metrics.psnr": 20.0}),
+                        dict(base, **{"tags.signature": "B", "start_time": 2, "metrics.psnr": 21.0,
+                                      "params.quantizer.temperature": "0.01", "params.quantizer.sphere": "group"})])
+    table = report.comparison_table(frame, formatted=False)
+    assert table["deviations"].tolist() == ["", "temperature=0.01; sphere=group"]  # sizes are never deviations
+    assert table["protocol"].tolist() == ["gq_paper", "gq_paper"]
+    assert "Protocol gq_paper: as the GQ authors." in report.render("exp", frame).split("\n")
 
 
 def test_unavailable_metrics_show_as_na_with_their_label_and_measured_ones_as_numbers():
