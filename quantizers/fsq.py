@@ -9,6 +9,10 @@ of all level combinations, ∏ L_i points, and nothing is learned or stored. Per
     ẑ     = q / ⌊L/2⌋                                            ∈ [−1, 1]
     index = Σ_i (q_i + ⌊L_i/2⌋) · basis_i,   basis = (1, L_1, L_1 L_2, …)      (dim 0 least significant)
 
+Named option: levels_per_dim = L (a power of 2) replaces Table 1 by d = log2 K / log2 L dims of L levels each,
+exactly log2 K bits: the GQ authors' FSQ baseline behind their paper numbers is 16⁴ at 16 bits (z = 4), 16⁸ at
+32, 16¹⁶ at 64 (protocol=gq_paper; their repository's HEAD config has [8,8,8,5,5,5] instead).
+
 There is no auxiliary loss. The paper writes the shift with arctanh; its reference notebook has `tan`, a typo its
 author confirmed. ε = 1e-3 keeps every level reachable. Bits per group are log2 ∏ L_i, not always whole: the
 recommended level sets (paper Table 1) give 7.91, 9.97, 12.10, 13.91 and 15.97 bits for nominal 2^8 … 2^16.
@@ -36,7 +40,15 @@ RECOMMENDED_LEVELS = {
 }
 
 
-def _choose_levels(codebook_size: int | None, levels) -> tuple[int, ...]:
+def _choose_levels(codebook_size: int | None, levels, levels_per_dim: int | None = None) -> tuple[int, ...]:
+    if levels is None and levels_per_dim is not None:
+        check(levels_per_dim in (4, 8, 16, 32, 64, 128, 256) and levels is None,
+              f"levels_per_dim={levels_per_dim!r} must be a power of 2 from 4 to 256 (and levels null)")
+        bits, per_dim = math.log2(codebook_size or 0) if codebook_size else 0.0, int(math.log2(levels_per_dim))
+        check(bits > 0 and bits.is_integer() and int(bits) % per_dim == 0,
+              f"codebook_size={codebook_size!r} is not a power of {levels_per_dim} (levels_per_dim={levels_per_dim}: "
+              f"2^bits with bits a multiple of {per_dim}); use e.g. {levels_per_dim ** 4} or set levels_per_dim=null")
+        return (levels_per_dim,) * (int(bits) // per_dim)
     if levels is None:
         if codebook_size not in RECOMMENDED_LEVELS:
             known = ", ".join(f"{k} -> {list(v)}" for k, v in RECOMMENDED_LEVELS.items())
@@ -65,10 +77,11 @@ class FiniteScalarQuant(Quantizer):
         codebook_dim: int | None = None,  # must be len(levels) when given
         num_codebooks: int = 1,  # FSQ groups per token (each gets its own index)
         levels: list[int] | None = None,  # L_1..L_d; None = the paper's recommendation for codebook_size
+        levels_per_dim: int | None = None,  # e.g. 16: codebook_size as 16^d (the GQ authors' FSQ 16⁴); None = Table 1
         eps: float = 1e-3,
     ):
         super().__init__()
-        self.levels = _choose_levels(codebook_size, levels)
+        self.levels = _choose_levels(codebook_size, levels, levels_per_dim)
         d = len(self.levels)
         check(codebook_dim is None or codebook_dim == d,
               f"codebook_dim={codebook_dim} must equal len(levels)={d} for FSQ (levels={list(self.levels)}), or be null")
@@ -93,8 +106,8 @@ class FiniteScalarQuant(Quantizer):
         self.register_buffer("num_levels", L.long(), persistent=False)
 
     @classmethod
-    def default_codebook_dim(cls, codebook_size, levels=None, **options):
-        return len(_choose_levels(codebook_size, levels))
+    def default_codebook_dim(cls, codebook_size, levels=None, levels_per_dim=None, **options):
+        return len(_choose_levels(codebook_size, levels, levels_per_dim))
 
     # -- the three interface methods ------------------------------------------------------------
 

@@ -53,7 +53,7 @@ def test_a_cluster_profile_on_the_command_line_configures_the_slurm_launcher():
 def test_every_experiment_composes(experiment, tmp_path):
     cfg = compose_config([f"+experiment={experiment}"], tmp_path)
     assert cfg.tracking.experiment == experiment
-    assert quantizer_from_config(cfg).out_channels == cfg.model.z_channels
+    assert cfg.model.z_channels in (None, quantizer_from_config(cfg).out_channels)  # None: the quantizer's width
 
 
 RATES = sorted(f.stem for f in (CONF_DIR / "rate").glob("*bits.yaml"))
@@ -67,7 +67,14 @@ def test_every_equal_bits_preset_builds_within_a_quarter_bit(method, rate, proto
     bits = int(rate.removesuffix("bits"))
     assert cfg.rate.bits_per_token == bits
     q = quantizer_from_config(cfg)  # check_rate inside: an error beyond 0.25 bit
-    assert q.out_channels == cfg.model.z_channels and abs(q.bits_per_token - bits) <= 0.25
+    assert cfg.model.z_channels in (None, q.out_channels) and abs(q.bits_per_token - bits) <= 0.25
+
+
+def test_fsq_levels_follow_the_protocol_at_equal_bits():
+    official = quantizer_from_config(compose_config(["quantizer=fsq", "rate=16bits"]))
+    paper = quantizer_from_config(compose_config(["quantizer=fsq", "rate=16bits", "protocol=gq_paper"]))
+    assert (official.levels, official.out_channels) == ((8, 8, 8, 5, 5, 5), 6)  # FSQ paper Table 1 for 2^16
+    assert (paper.levels, paper.out_channels, paper.bits_per_token) == ((16, 16, 16, 16), 4, 16.0)  # GQ authors' 16⁴
 
 
 def test_a_preset_that_misses_its_bits_is_an_error():

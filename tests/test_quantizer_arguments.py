@@ -89,6 +89,7 @@ SIGNATURES = {
     FiniteScalarQuant: dict(
         codebook_size=None, codebook_dim=None, num_codebooks=1,
         levels=None,  # None = FSQ paper Table 1 for the codebook size
+        levels_per_dim=None,  # None = Table 1; 16 = the GQ authors' 16⁴ (protocol=gq_paper)
         eps=1e-3,  # keeps every level reachable (module docstring)
     ),
     LookupFreeQuant: dict(

@@ -263,3 +263,12 @@ def test_entropy_ramp_multiplies_the_entropy_weight():
         out = q(h)
         h_s, h_c = float(out.stats["sample_entropy"]), float(out.stats["codebook_entropy"])
         assert out.loss.item() == pytest.approx(ramp * 0.3 * (h_s - h_c), rel=1e-5)
+
+
+def test_fsq_levels_per_dim_splits_the_bits_into_equal_power_of_two_levels():
+    assert build_quantizer("fsq", codebook_size=2**16, levels_per_dim=16).levels == (16, 16, 16, 16)
+    assert build_quantizer("fsq", codebook_size=2**8, levels_per_dim=4).levels == (4, 4, 4, 4)
+    with pytest.raises(ValueError, match=r"codebook_size=1024 is not a power of 16 \(levels_per_dim=16"):
+        build_quantizer("fsq", codebook_size=1024, levels_per_dim=16)
+    with pytest.raises(ValueError, match=r"levels_per_dim=6 must be a power of 2 from 4 to 256"):
+        build_quantizer("fsq", codebook_size=2**16, levels_per_dim=6)
