@@ -25,7 +25,7 @@ PRIMARY = {"data", "model", "quantizer", "train", "loss", "eval", "tracking", "p
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_option_composes_and_resolves(group, option, tmp_path):
     plus = "" if group in PRIMARY else "+"  # groups outside the defaults list are appended
-    overrides = [f"{plus}{group}={option}"] + (["data.root=/some/where"] if option == "imagefolder" else [])
+    overrides = [f"{plus}{group}={option}"] + (["data.root=/some/where"] if option in ("imagefolder", "paper") else [])
     if group == "cluster":  # a cluster profile configures the SLURM launcher (tests below)
         overrides.append("hydra/launcher=submitit_slurm")
     cfg = compose_config(overrides, tmp_path)
@@ -68,6 +68,14 @@ def test_every_equal_bits_preset_builds_within_a_quarter_bit(method, rate, proto
     assert cfg.rate.bits_per_token == bits
     q = quantizer_from_config(cfg)  # check_rate inside: an error beyond 0.25 bit
     assert cfg.model.z_channels in (None, q.out_channels) and abs(q.bits_per_token - bits) <= 0.25
+
+
+def test_paper_scale_profile_overrides_an_experiments_cpu_settings(tmp_path):
+    cfg = compose_config(["+experiment=main_table", "+scale=paper", "data.root=/data/imagenet", "rate=16bits"], tmp_path)
+    assert (cfg.data._target_, cfg.data.image_size, cfg.model.name) == ("gqbench.data.imagefolder", 256, "unet_sd3")
+    assert (cfg.train.max_steps, cfg.train.batch_size, cfg.train.lr) == (400000, 128, 1e-4)
+    assert cfg.loss.gan.enabled and cfg.loss.learn_logvar and cfg.loss.perceptual_weight == 1.0
+    assert cfg.tracking.experiment == "main_table" and quantizer_from_config(cfg).bits_per_token == 16
 
 
 def test_fsq_levels_follow_the_protocol_at_equal_bits():
