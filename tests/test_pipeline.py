@@ -320,3 +320,21 @@ def test_a_diverging_run_stops_with_the_step_range_and_keeps_its_last_good_check
     assert runs[0].info.status == "FAILED" and "FloatingPointError" in runs[0].data.tags["error"]
     ckpt = load_checkpoint(tmp_path / "runs" / "jobs" / runs[0].data.tags["signature"] / "last.pt")
     assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("protocol, method, lr_scale, reduction", [("gq_paper", "vq", 4.0, "sum"),
+                                                                  ("gq_paper", "lfq", 0.4, "sum"),
+                                                                  ("official", "vq", 1.0, "mean")])
+def test_a_protocol_trains_each_method_with_its_recipe(protocol, method, lr_scale, reduction, tmp_path):
+    overrides = [o for o in FAST_OVERRIDES if not o.startswith(("quantizer.", "model.z_channels"))]
+    size = ["quantizer.codebook_size=16", "quantizer.codebook_dim=4" if method == "lfq" else "quantizer.codebook_dim=2",
+            "model.z_channels=4"]
+    cfg = compose_config(overrides + size + [f"quantizer={method}", f"protocol={protocol}", "train.lr=1e-3",
+                                             "train.max_steps=2"], tmp_path)
+    assert cfg.loss.reduction == reduction and cfg.train.lr_scale == lr_scale
+    run_job(cfg, output_dir=tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    state = load_checkpoint(tmp_path / "runs" / "jobs" / record["signature"] / "last.pt")
+    assert state["opt_ae"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * lr_scale)  # the optimizer got lr · scale
+    client, runs = only_run(tmp_path / "runs")
+    assert runs[0].data.params["protocol.name"] == protocol
