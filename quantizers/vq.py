@@ -29,9 +29,11 @@ means, U(−1/K, 1/K) init). Switches (all constructor arguments):
 
 reduction="mean" (default) is taming's per-element mean: the weights mean what they mean in VQGAN relative to
 a per-pixel reconstruction mean. "sum" (a named deviation) sums over latent elements and divides by the batch,
-which multiplies every weight by the latent elements per image (C·h·w) relative to "mean". Under torch.distributed, counts and sums are all-reduced, and k-means
-and re-seeding draw from the global batch's rows (all-gathered) with the same RNG state on every rank, so all
-ranks hold the same codebook, the one a single process would hold for the same global batch.
+which multiplies every weight by the latent elements per image (C·h·w) relative to "mean".
+
+Under torch.distributed, counts and sums are all-reduced, and k-means and re-seeding draw from the global batch's
+rows (all-gathered) with the same RNG state on every rank, so all ranks hold the same codebook, the one a single
+process would hold for the same global batch.
 """
 from __future__ import annotations
 
