@@ -67,6 +67,11 @@ def deviations(runs: pd.DataFrame) -> pd.Series:
             if key in NOT_SETTINGS or not isinstance(text, str):
                 continue
             value = None if text == "None" else yaml.safe_load(text)
+            if isinstance(value, str):  # YAML 1.1 reads "1e-05" (no dot) as a string
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
             if value != (list(default) if isinstance(default, tuple) else default):
                 changed.append(f"{key}={text}")
         return "; ".join(changed)

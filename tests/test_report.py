@@ -177,12 +177,16 @@ def test_rendered_markdown_is_exactly_the_table_the_failures_and_the_note():
 def test_caption_names_the_protocol_and_the_table_lists_each_runs_deviations_from_official_defaults():
     base = {"status": "FINISHED", "params.protocol.name": "gq_paper", "params.protocol.summary": "gq_paper: as the GQ authors",
             "params.quantizer.name": "bsq", "params.quantizer.temperature": "1.0", "params.quantizer.sphere": "token",
-            "params.quantizer.entropy_group_size": "1", "params.quantizer.codebook_size": "65536"}
+            "params.quantizer.entropy_group_size": "1", "params.quantizer.codebook_size": "65536",
+            "params.quantizer.entropy_ramp_steps": "2000", "params.quantizer.lam_factor": "1e-05"}
     frame = runs_frame([dict(base, **{"tags.signature": "A", "start_time": 1, "metrics.psnr": 20.0}),
                         dict(base, **{"tags.signature": "B", "start_time": 2, "metrics.psnr": 21.0,
                                       "params.quantizer.temperature": "0.01", "params.quantizer.sphere": "group"})])
     table = report.comparison_table(frame, formatted=False)
     assert table["deviations"].tolist() == ["", "temperature=0.01; sphere=group"]  # sizes are never deviations
+    vq = runs_frame([{"tags.signature": "V", "status": "FINISHED", "start_time": 3, "params.quantizer.name": "vq",
+                      "params.quantizer.eps": "1e-05", "params.quantizer.legacy_loss": "False"}])
+    assert report.comparison_table(vq, formatted=False)["deviations"].tolist() == ["legacy_loss=False"]  # 1e-05 = 1e-5
     assert table["protocol"].tolist() == ["gq_paper", "gq_paper"]
     assert "Protocol gq_paper: as the GQ authors." in report.render("exp", frame).split("\n")
 
