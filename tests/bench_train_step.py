@@ -4,9 +4,9 @@
 
 Per method: ms per autoencoder step (forward, reconstruction loss + the quantizer's loss, backward, Adam) at the
 demo's settings (tiny UNet, 32² patches, CPU threads as torch sets them), beside two layouts torch offers:
-channels_last memory format, and one thread. Ratios are against the default layout of the same method; the
-floor is the backbone alone (identity quantizer cost = GQ's, which does no search in training). `make demo`'s
-budget (6 jobs x 400 steps of batch 16) follows from the first column.
+channels_last memory format, and one thread. Ratios are against the default layout of the same method. GQ's row
+is the floor (the backbone plus a KL: no code search while training); the others add their search and losses.
+`make demo`'s budget (6 jobs x 400 steps of batch 16) follows from the first column.
 """
 from __future__ import annotations
 
