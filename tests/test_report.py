@@ -83,7 +83,8 @@ def test_cli_reads_a_real_mlflow_store_and_writes_markdown_and_csv(tmp_path, cap
     out = tmp_path / "reports"
     assert report.main(["--experiment", "exp", "--tracking-uri", uri, "--out", str(out)]) == 0
     printed = capsys.readouterr()
-    assert f"written: {out / 'exp.md'}, {out / 'exp.csv'}" in printed.err
+    assert (f"written: {out / 'exp.md'}, {out / 'exp.tex'}, {out / 'exp.csv'}, {out / 'exp.runs.csv'}"
+            in printed.err)
     text = (out / "exp.md").read_text()
     assert text in printed.out
     assert text.startswith("# exp\n") and "1 finished job(s)." in text and "25.12" in text and "20.00" not in text
@@ -91,6 +92,12 @@ def test_cli_reads_a_real_mlflow_store_and_writes_markdown_and_csv(tmp_path, cap
     csv = pd.read_csv(out / "exp.csv")
     assert csv["PSNR↑"].tolist() == [25.123456] and csv["method"].tolist() == ["gq"]  # raw numbers, no index
     assert csv.columns.tolist() == [header for _, header, _ in report.COLUMNS]
+    assert "\\toprule" in (out / "exp.tex").read_text() and "25.12" in (out / "exp.tex").read_text()
+    # the per-run CSV gives back the same Markdown and LaTeX, byte for byte, without MLflow
+    again = tmp_path / "again"
+    assert report.main(["--from", str(out / "exp.runs.csv"), "--out", str(again)]) == 0
+    for name in ("exp.md", "exp.tex", "exp.csv"):
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
     with pytest.raises(SystemExit, match="no MLflow experiment named 'nope'"):
         report.main(["--experiment", "nope", "--tracking-uri", uri, "--out", str(out)])
     client.create_experiment("empty", artifact_location=str(tmp_path / "artifacts2"))
@@ -152,10 +159,11 @@ def test_rendered_markdown_is_exactly_the_table_the_failures_and_the_note():
     ])[["tags.signature", "status", "start_time", "metrics.psnr", "params.quantizer.name", "tags.error",
         "tags.mlflow.runName"]]
     dash = "–"
-    headers = [h for _, h, _ in report.COLUMNS]
+    headers = [h for _, h, _ in report.COLUMNS if h != "seed"] + ["seeds"]  # one row per configuration, seeds counted
     cells = ["gq"] + [dash] * (headers.index("PSNR↑") - 1) + ["25.00"] + [dash] * (len(headers) - headers.index("PSNR↑") - 1)
-    for header in ("protocol", "deviations", "backbone", "seed", "steps"):  # unformatted columns the runs lack stay empty
+    for header in ("protocol", "deviations", "backbone", "steps"):  # unformatted columns the runs lack stay empty
         cells[headers.index(header)] = ""
+    cells[-1] = "1"
     text = report.render("exp", frame)
     lines = text.split("\n")
     assert lines[:3] == ["# exp", "", "1 finished job(s)."] and lines[3] == ""
@@ -163,15 +171,33 @@ def test_rendered_markdown_is_exactly_the_table_the_failures_and_the_note():
     body_row = [c.strip() for c in lines[6].strip("|").split("|")]
     assert header_row == headers and body_row == cells
     rule = [c.strip() for c in lines[5].strip("|").split("|")]
-    assert [r.endswith(":") and not r.startswith(":") for r in rule] == [fmt is not None for _, _, fmt in report.COLUMNS]
-    assert lines[7:10] == ["", "## Failed or interrupted jobs (1)", ""]
-    assert [c.strip() for c in lines[10].strip("|").split("|")] == ["run", "status", "error"]
-    assert [c.strip() for c in lines[12].strip("|").split("|")] == ["b", "FAILED", "boom"]
-    assert lines[13] == "" and lines[14].startswith("PSNR/SSIM: per image on the 0–255 scale, mean over validation "
+    numeric = {h for _, h, fmt in report.COLUMNS if fmt is not None} | {"seeds"}
+    assert [r.endswith(":") and not r.startswith(":") for r in rule] == [h in numeric for h in headers]
+    assert lines[7:9] == ["", "Metrics: mean ± std (n − 1) over the row's seeds; bold: the best mean of the column at "
+                              "that bits/token."]
+    assert lines[9:12] == ["", "## Failed or interrupted jobs (1)", ""]
+    assert [c.strip() for c in lines[12].strip("|").split("|")] == ["run", "status", "error"]
+    assert [c.strip() for c in lines[14].strip("|").split("|")] == ["b", "FAILED", "boom"]
+    assert lines[15] == "" and lines[16].startswith("PSNR/SSIM: per image on the 0–255 scale, mean over validation "
                                                    "images; LPIPS: AlexNet unless the run says otherwise; rFID:")
-    assert "n/a (why): the metric could not be computed" in lines[14]
-    assert lines[14].endswith("K, m, groups: the code as built (FSQ: K = ∏ levels); bpp is nominal.")
-    assert lines[15:] == [""]
+    assert "n/a (why): the metric could not be computed" in lines[16]
+    assert lines[16].endswith("K, m, groups: the code as built (FSQ: K = ∏ levels); bpp is nominal.")
+    assert lines[17:] == [""]
+
+
+def test_seeds_average_to_mean_and_std_and_the_best_per_rate_is_bold():
+    rows = [{"tags.signature": f"{m}{seed}-{bits}", "status": "FINISHED", "start_time": i, "params.quantizer.name": m,
+             "params.seed": str(seed), "metrics.bits_per_token": bits, "metrics.psnr": psnr, "metrics.lpips": lp}
+            for i, (m, seed, bits, psnr, lp) in enumerate([
+                ("gq", 0, 16.0, 24.0, 0.10), ("gq", 1, 16.0, 26.0, 0.12), ("vq", 0, 16.0, 23.0, 0.09),
+                ("fsq", 0, 15.97, 24.5, 0.2), ("gq", 0, 32.0, 28.0, 0.05), ("vq", 0, 32.0, 29.0, 0.07)])]
+    table = report.summary_table(runs_frame(rows)).set_index(["method", "bits/token"])
+    assert table.loc[("gq", "16"), "PSNR↑"] == "**25.00 ± 1.41**" and table.loc[("gq", "16"), "seeds"] == "2"
+    assert table.loc[("fsq", "15.97"), "PSNR↑"] == "24.50"  # FSQ's 15.97 bits compete at 16: GQ's mean is higher
+    assert table.loc[("vq", "16"), "LPIPS↓"] == "**0.0900**"  # lower is better
+    assert table.loc[("vq", "32"), "PSNR↑"] == "**29.00**" and table.loc[("gq", "32"), "LPIPS↓"] == "**0.0500**"
+    latex = report.summary_table(runs_frame(rows), bold="\\textbf{{{}}}").set_index(["method", "bits/token"])
+    assert latex.loc[("gq", "16"), "PSNR↑"] == "\\textbf{25.00 ± 1.41}"
 
 
 def test_caption_names_the_protocol_and_the_table_lists_each_runs_deviations_from_official_defaults():
@@ -204,3 +230,27 @@ def test_unavailable_metrics_show_as_na_with_their_label_and_measured_ones_as_nu
     assert table.loc["25.00", "LPIPS↓"] == "n/a (images too small)"
     assert table.loc["26.00", "rFID↓"] == "3.25" and table.loc["26.00", "LPIPS↓"] == "0.1250"
     assert table.loc["25.00", "SSIM↑"] == "–"  # absent without a reason: a plain dash
+
+
+def test_more_runs_than_one_mlflow_page_are_all_read(tmp_path):
+    """MLflow returns at most 1,000 runs per search call: the report must follow the page tokens."""
+    import time
+
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from gqbench.report.load import PAGE, load_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("big", artifact_location=str(tmp_path / "artifacts"))
+    total, now = PAGE + 37, int(time.time() * 1000)
+    for i in range(total):
+        run_id = client.create_run(exp, start_time=now + i, tags={"signature": f"s{i}"}).info.run_id
+        client.log_batch(run_id, metrics=[Metric("psnr", float(i), now, 0)], params=[Param("seed", str(i))],
+                         tags=[RunTag("gqbench.role", "job")])
+        client.set_terminated(run_id, "FINISHED")
+    runs = load_runs("big", uri)
+    assert len(runs) == total and sorted(runs["metrics.psnr"]) == [float(i) for i in range(total)]
+    assert len(report.finished_runs(runs)) == total
+    assert len(load_runs("big", uri, filter_string="metrics.psnr < 10")) == 10

@@ -1,22 +1,10 @@
-"""Render an MLflow experiment as comparison tables: `python -m gqbench.report --experiment quickstart`.
-
-Reads finished runs with pandas (mlflow.search_runs), keeps the newest run per signature (re-evaluations of
-the same trained job), and writes `<out>/<experiment>.md` and `.csv` atomically. Failed runs are listed
-below the table with their error, never silently dropped.
-"""
+"""Pure table building: runs (an mlflow.search_runs-shaped DataFrame) -> the comparison table, one row per job,
+and its summary over seeds (mean ± std, the best value per column and rate group marked). No I/O here."""
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-from pathlib import Path
-
-import mlflow
 import pandas as pd
 
-from . import metrics as M
-from .checkpoint import atomic_write_bytes
-from .tracking import default_tracking_uri, job_runs, silence_mlflow_noise
+from .. import metrics as M
 
 # (column in search_runs, header, format); metric columns are named by gqbench.metrics' constants
 COLUMNS = [
@@ -87,16 +75,6 @@ def not_available(done: pd.DataFrame, column: str) -> pd.Series:
     return done[tag].map(lambda why: f"n/a ({str(why).split(':', 1)[0]})" if isinstance(why, str) else None)
 
 
-def load_runs(experiment: str, tracking_uri: str) -> pd.DataFrame:
-    mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        raise SystemExit(f"no MLflow experiment named {experiment!r} in {tracking_uri}; run the sweep first")
-    runs = job_runs(mlflow.search_runs(experiment_names=[experiment], max_results=100_000))
-    if runs.empty:
-        raise SystemExit(f"MLflow experiment {experiment!r} in {tracking_uri} has no runs yet")
-    return runs
-
-
 def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """FINISHED runs, newest per (signature, eval settings): a re-evaluation replaces the row it repeats."""
     done = runs[runs["status"] == "FINISHED"].sort_values("start_time")
@@ -131,53 +109,62 @@ def unfinished_jobs(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({v: bad[k] if k in bad else None for k, v in cols.items()}, index=bad.index)
 
 
-def render(experiment: str, runs: pd.DataFrame) -> str:
-    table = comparison_table(runs)
-    lines = [f"# {experiment}", "", f"{len(table)} finished job(s).", ""]
-    done = finished_runs(runs)
-    if "params.protocol.summary" in done:  # what each protocol means, in the caption (conf/protocol/)
-        lines += [f"Protocol {summary}." for summary in sorted(done["params.protocol.summary"].dropna().unique())]
-        lines += ["deviations: the quantizer options a run set away from its method's official defaults "
-                  "(quantizers/<method>.py docstrings).", ""]
-    if len(table):
-        # the cells are already formatted: tabulate must not re-parse "25.00" as 25 (it drops the digits)
-        align = ["right" if fmt else "left" for _, _, fmt in COLUMNS]  # numbers right-aligned, as text they are not
-        lines += [table.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
-    failed = unfinished_jobs(runs)
-    if len(failed):
-        lines += [f"## Failed or interrupted jobs ({len(failed)})", "", failed.to_markdown(index=False), ""]
-    lines += ["PSNR/SSIM: per image on the 0–255 scale, mean over validation images; LPIPS: AlexNet unless the run "
-              "says otherwise; rFID: torch-fidelity Inception, reconstructions vs the originals of the same images "
-              "(protocol in each run's protocol.rfid tag); n/a (why): the metric could not be computed, e.g. no "
-              "weights offline. usage/perplexity over all validation indices; usage/uniform: usage relative to a "
-              "perfectly uniform code seen through as many indices (1.0 = no sign of collapse); effective bits: "
-              "Σ of per-group index entropies (Miller–Madow), beside the nominal bits/token = groups · log2 K. "
-              "KL bits: mean per-group KL on validation (GQ); K, m, groups: the code as built (FSQ: K = ∏ levels); "
-              "bpp is nominal.", ""]
-    return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", required=True, help="MLflow experiment name (tracking.experiment)")
-    parser.add_argument("--runs-dir", default=os.environ.get("GQBENCH_RUNS", "runs"),
-                        help="the project's run folder (paths.runs; default $GQBENCH_RUNS or ./runs)")
-    parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///<runs-dir>/mlflow.db")
-    parser.add_argument("--out", default="reports/generated", help="folder for <experiment>.md/.csv")
-    args = parser.parse_args(argv)
-
-    silence_mlflow_noise()
-    uri = args.tracking_uri or default_tracking_uri(Path(args.runs_dir))
-    runs = load_runs(args.experiment, uri)
-    text = render(args.experiment, runs)
-    out = Path(args.out)
-    atomic_write_bytes(out / f"{args.experiment}.md", lambda f: f.write(text.encode()))
-    csv = comparison_table(runs, formatted=False).to_csv(index=False).encode()
-    atomic_write_bytes(out / f"{args.experiment}.csv", lambda f: f.write(csv))
-    print(text)
-    print(f"written: {out / (args.experiment + '.md')}, {out / (args.experiment + '.csv')}", file=sys.stderr)
-    return 0
+# the columns that say which configuration a row is; rows equal in all of them differ only by seed
+IDENTITY = ["method", "protocol", "deviations", "backbone", "K", "m", "groups", "bits/token", "effective bits", "bpp",
+            "steps", "eval images"]
+NOT_AVERAGED = {"K", "m", "groups", "bits/token", "bpp", "eval images"}  # sizes, equal across seeds
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def better(header: str) -> int:
+    """+1 if a larger value is better (↑), -1 if smaller (↓), 0 for descriptive columns."""
+    return 1 if "↑" in header else -1 if "↓" in header else 0
+
+
+def summary_table(runs: pd.DataFrame, bold: str = "**{}**") -> pd.DataFrame:
+    """One row per configuration: metrics as mean ± std over its seeds (std when 2+ seeds), `seeds` the count, and the
+    best mean of every ↑/↓ column within each bits/token group wrapped in `bold` ("**{}**" Markdown, "\\textbf{{{}}}"
+    LaTeX). Cells a run could not compute keep their "n/a (why)" text; missing ones are "–"."""
+    raw = comparison_table(runs, formatted=False)
+    cells = comparison_table(runs, formatted=True)
+    formats = {header: fmt for _, header, fmt in COLUMNS}
+    keys = [k for k in IDENTITY if k in raw and k != "effective bits"]
+    values = [h for h, fmt in formats.items() if fmt is not None and h in raw and h not in keys]
+    raw[values] = raw[values].apply(pd.to_numeric, errors="coerce")
+    rows = []
+    identity = raw[keys].apply(lambda row: "|".join(map(str, row)), axis=1)  # one text key: groupby splits None keys
+    for _, group in raw.groupby(identity, sort=False):
+        first = cells.loc[group.index[0]]
+        row = {k: first[k] for k in keys}
+        seeds = group["seed"].dropna() if "seed" in group else pd.Series(dtype=object)
+        row["seeds"] = str(seeds.nunique() if len(seeds) else len(group))
+        bits = pd.to_numeric(group["bits/token"], errors="coerce").iloc[0] if "bits/token" in group else float("nan")
+        row["_rate"] = round(bits) if pd.notna(bits) else -1  # FSQ's 15.97 competes at 16
+        for header in values:
+            column = group[header].dropna()
+            if column.empty:
+                row[header] = first[header]  # "n/a (why)" or "–"
+            elif len(column) == 1 or header in NOT_AVERAGED:
+                row[header] = formats[header].format(column.mean())
+            else:
+                row[header] = f"{formats[header].format(column.mean())} ± {formats[header].format(column.std(ddof=1))}"
+            row[f"_{header}"] = column.mean() if not column.empty else float("nan")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    rate = table["_rate"]
+    for header in values:
+        direction = better(header)
+        means = table[f"_{header}"]
+        if not direction or means.notna().sum() < 2:
+            continue
+        for _, index in table.groupby(rate, dropna=False).groups.items():
+            group = means.loc[index].dropna()
+            if len(group) >= 2:
+                best = group.max() if direction > 0 else group.min()
+                for i in group.index[group == best]:
+                    table.at[i, header] = bold.format(table.at[i, header])
+    order = [h for _, h, _ in COLUMNS if h in table and h != "seed"] + ["seeds"]
+    return table[order]

@@ -1,0 +1,73 @@
+"""The report as Markdown and LaTeX: the caption (protocols, deviations), the table (mean ± std over seeds, the best
+per rate group in bold), the failed jobs, the notes on the metrics. LaTeX is pandas' Styler (booktabs rules)."""
+from __future__ import annotations
+
+import pandas as pd
+
+from .tables import COLUMNS, finished_runs, summary_table, unfinished_jobs
+
+METRIC_NOTE = ("PSNR/SSIM: per image on the 0–255 scale, mean over validation images; LPIPS: AlexNet unless the run "
+               "says otherwise; rFID: torch-fidelity Inception, reconstructions vs the originals of the same images "
+               "(protocol in each run's protocol.rfid tag); n/a (why): the metric could not be computed, e.g. no "
+               "weights offline. usage/perplexity over all validation indices; usage/uniform: usage relative to a "
+               "perfectly uniform code seen through as many indices (1.0 = no sign of collapse); effective bits: "
+               "Σ of per-group index entropies (Miller–Madow), beside the nominal bits/token = groups · log2 K. "
+               "KL bits: mean per-group KL on validation (GQ); K, m, groups: the code as built (FSQ: K = ∏ levels); "
+               "bpp is nominal.")
+SEEDS_NOTE = "Metrics: mean ± std (n − 1) over the row's seeds; bold: the best mean of the column at that bits/token."
+
+
+def caption(runs: pd.DataFrame) -> list[str]:
+    """What each protocol in the table means (conf/protocol/) and what the deviations column lists."""
+    done = finished_runs(runs)
+    if "params.protocol.summary" not in done:
+        return []
+    lines = [f"Protocol {summary}." for summary in sorted(done["params.protocol.summary"].dropna().unique())]
+    return lines + ["deviations: the quantizer options a run set away from its method's official defaults "
+                    "(quantizers/<method>.py docstrings)."]
+
+
+def render(experiment: str, runs: pd.DataFrame) -> str:
+    table = summary_table(runs)
+    jobs = len(finished_runs(runs))
+    lines = [f"# {experiment}", "", f"{jobs} finished job(s).", ""]
+    if caption(runs):
+        lines += caption(runs) + [""]
+    if len(table):
+        formats = {header: fmt for _, header, fmt in COLUMNS} | {"seeds": "{}"}
+        # the cells are already formatted: tabulate must not re-parse "25.00" as 25 (it drops the digits)
+        align = ["right" if formats.get(h) else "left" for h in table.columns]  # numbers right-aligned
+        lines += [table.to_markdown(index=False, disable_numparse=True, colalign=align), "", SEEDS_NOTE, ""]
+    failed = unfinished_jobs(runs)
+    if len(failed):
+        lines += [f"## Failed or interrupted jobs ({len(failed)})", "", failed.to_markdown(index=False), ""]
+    lines += [METRIC_NOTE, ""]
+    return "\n".join(lines)
+
+
+def render_latex(experiment: str, runs: pd.DataFrame) -> str:
+    """A booktabs table environment with the caption (protocol, seeds, bold) and a label tab:<experiment>."""
+    table = summary_table(runs, bold="\\textbf{{{}}}")
+    if table.empty:
+        return f"% {experiment}: no finished job\n"
+    arrows = {"↑": "$\\uparrow$", "↓": "$\\downarrow$", "±": "$\\pm$", "–": "--", "∏": "$\\prod$"}
+
+    def tex(text: str) -> str:
+        for plain, command in arrows.items():
+            text = text.replace(plain, command)
+        return text
+
+    escaped = table.map(lambda cell: tex(_escape(str(cell))) if not str(cell).startswith("\\textbf")
+                        else "\\textbf{" + tex(_escape(str(cell)[8:-1])) + "}")
+    escaped.columns = [tex(_escape(c)) for c in table.columns]
+    text = " ".join(caption(runs) + [SEEDS_NOTE])
+    styler = escaped.style.hide(axis="index")
+    return styler.to_latex(hrules=True, position_float="centering", label=f"tab:{experiment}",
+                           caption=tex(_escape(f"{experiment}: {text}")), column_format="l" * len(table.columns))
+
+
+def _escape(text: str) -> str:
+    for char, replacement in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("$", "\\$"), ("#", "\\#"),
+                              ("_", "\\_"), ("{", "\\{"), ("}", "\\}"), ("~", "\\textasciitilde{}"), ("^", "\\^{}")):
+        text = text.replace(char, replacement)
+    return text
