@@ -17,7 +17,9 @@ from conftest import FAST_OVERRIDES, ROOT
 
 def test_every_config_group_is_packaged():
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    groups = {f"gqbench_conf.{p.name}" for p in (ROOT / "conf").iterdir() if p.is_dir()}
+    conf = ROOT / "conf"  # every folder holding configs, nested ones too (recipe/<protocol>, preset/<method>)
+    groups = {"gqbench_conf." + ".".join(p.relative_to(conf).parts) for p in conf.rglob("*") if p.is_dir()
+              and (p.name == "experiment" or any(f.suffix == ".yaml" for f in p.iterdir()))}
     packaged = {p for p in setuptools["packages"] if p.startswith("gqbench_conf.")}
     assert groups == packaged, "list every conf/ group in pyproject.toml's [tool.setuptools] packages"
     assert setuptools["package-dir"]["gqbench_conf"] == "conf"
