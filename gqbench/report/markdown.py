@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .tables import COLUMNS, finished_runs, summary_table, unfinished_jobs
+from .tables import COLUMNS, bjontegaard_table, finished_runs, summary_table, unfinished_jobs
 
 METRIC_NOTE = ("PSNR/SSIM: per image on the 0–255 scale, mean over validation images; LPIPS: AlexNet unless the run "
                "says otherwise; rFID: torch-fidelity Inception, reconstructions vs the originals of the same images "
@@ -14,6 +14,9 @@ METRIC_NOTE = ("PSNR/SSIM: per image on the 0–255 scale, mean over validation 
                "Σ of per-group index entropies (Miller–Madow), beside the nominal bits/token = groups · log2 K. "
                "KL bits: mean per-group KL on validation (GQ); K, m, groups: the code as built (FSQ: K = ∏ levels); "
                "bpp is nominal.")
+BD_NOTE = ("BD-PSNR: mean PSNR gain over the bits/token range both curves cover; BD-rate: mean change in bits at "
+           "equal PSNR (negative = fewer bits), each from cubic fits in log-rate (Bjøntegaard, VCEG-M33), on seed means. "
+           "With fewer than 4 rates the fit's degree is the number of rates − 1.")
 SEEDS_NOTE = "Metrics: mean ± std (n − 1) over the row's seeds; bold: the best mean of the column at that bits/token."
 
 
@@ -38,6 +41,10 @@ def render(experiment: str, runs: pd.DataFrame) -> str:
         # the cells are already formatted: tabulate must not re-parse "25.00" as 25 (it drops the digits)
         align = ["right" if formats.get(h) else "left" for h in table.columns]  # numbers right-aligned
         lines += [table.to_markdown(index=False, disable_numparse=True, colalign=align), "", SEEDS_NOTE, ""]
+    deltas = bjontegaard_table(runs)
+    if len(deltas):
+        lines += ["## Rate–distortion: Bjøntegaard deltas", "", deltas.to_markdown(index=False, disable_numparse=True),
+                  "", BD_NOTE, ""]
     failed = unfinished_jobs(runs)
     if len(failed):
         lines += [f"## Failed or interrupted jobs ({len(failed)})", "", failed.to_markdown(index=False), ""]

@@ -168,3 +168,41 @@ def summary_table(runs: pd.DataFrame, bold: str = "**{}**") -> pd.DataFrame:
                     table.at[i, header] = bold.format(table.at[i, header])
     order = [h for _, h, _ in COLUMNS if h in table and h != "seed"] + ["seeds"]
     return table[order]
+
+
+def bjontegaard_table(runs: pd.DataFrame, reference: str = "gq") -> pd.DataFrame:
+    """BD-PSNR (dB) and BD-rate of every method's rate–PSNR curve against `reference`'s, per protocol and backbone:
+    the curve is the seed-mean PSNR at each bits/token (gqbench/report/bjontegaard.py). Empty when no method has
+    two rates or the reference is missing."""
+    from .bjontegaard import bd_psnr, bd_rate
+
+    raw = comparison_table(runs, formatted=False)
+    needed = {"method", "bits/token", "PSNR↑"}
+    if raw.empty or not needed <= set(raw):
+        return pd.DataFrame()
+    raw = raw.assign(**{"bits/token": pd.to_numeric(raw["bits/token"], errors="coerce"),
+                        "PSNR↑": pd.to_numeric(raw["PSNR↑"], errors="coerce")}).dropna(subset=["bits/token", "PSNR↑"])
+    context = [c for c in ("protocol", "backbone") if c in raw]
+    raw[context] = raw[context].apply(lambda column: column.map(str))  # astype(str) keeps None missing (pandas 3)
+    curves = raw.groupby(context + ["method", "bits/token"], sort=True)["PSNR↑"].mean().reset_index()
+    rows = []
+    for where, group in curves.groupby(context, sort=True) if context else [((), curves)]:
+        by_method = {m: g for m, g in group.groupby("method")}
+        ref = by_method.get(reference)
+        if ref is None or len(ref) < 2:
+            continue
+        for method, curve in sorted(by_method.items()):
+            if method == reference or len(curve) < 2:
+                continue
+            row = dict(zip(context, where if isinstance(where, tuple) else (where,)))
+            row.update({"method": method, "vs": reference, "rates": ", ".join(f"{b:g}" for b in curve["bits/token"])})
+            try:
+                row["BD-PSNR (dB)"] = f"{bd_psnr(ref['bits/token'], ref['PSNR↑'], curve['bits/token'], curve['PSNR↑']):+.2f}"
+            except ValueError as why:
+                row["BD-PSNR (dB)"] = f"n/a ({why})"
+            try:
+                row["BD-rate"] = f"{100 * bd_rate(ref['bits/token'], ref['PSNR↑'], curve['bits/token'], curve['PSNR↑']):+.1f} %"
+            except ValueError as why:
+                row["BD-rate"] = f"n/a ({why})"
+            rows.append(row)
+    return pd.DataFrame(rows)
