@@ -254,3 +254,17 @@ def test_more_runs_than_one_mlflow_page_are_all_read(tmp_path):
     assert len(runs) == total and sorted(runs["metrics.psnr"]) == [float(i) for i in range(total)]
     assert len(report.finished_runs(runs)) == total
     assert len(load_runs("big", uri, filter_string="metrics.psnr < 10")) == 10
+
+
+def test_rate_distortion_plots_are_written_for_the_measured_metrics_only(tmp_path):
+    from gqbench.report.plots import rate_distortion_plots
+
+    rows = [{"tags.signature": f"{m}-{b}-{s}", "status": "FINISHED", "start_time": i, "params.quantizer.name": m,
+             "params.seed": str(s), "metrics.bits_per_token": b, "metrics.psnr": p, "metrics.effective_bits_per_token": b - 1}
+            for i, (m, b, s, p) in enumerate([("gq", 8.0, 0, 20.0), ("gq", 16.0, 0, 22.0), ("gq", 16.0, 1, 22.4),
+                                              ("vq", 8.0, 0, 19.0), ("vq", 16.0, 0, 21.0)])]
+    files = rate_distortion_plots(runs_frame(rows), tmp_path, "exp")
+    names = sorted(f.name for f in files)
+    assert names == ["exp-rd-effective_bits.pdf", "exp-rd-effective_bits.png", "exp-rd-psnr.pdf", "exp-rd-psnr.png"]
+    for f in files:  # real images: PNG / PDF signatures and more than a header
+        assert f.read_bytes()[:4] in (b"\x89PNG", b"%PDF") and f.stat().st_size > 2000

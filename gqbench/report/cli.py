@@ -10,6 +10,7 @@ from ..checkpoint import atomic_write_bytes
 from ..tracking import default_tracking_uri, silence_mlflow_noise
 from .load import load_runs, read_runs_csv
 from .markdown import render, render_latex
+from .plots import rate_distortion_plots
 from .tables import comparison_table
 
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=os.environ.get("GQBENCH_RUNS", "runs"),
                         help="the project's run folder (paths.runs; default $GQBENCH_RUNS or ./runs)")
     parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///<runs-dir>/mlflow.db")
+    parser.add_argument("--no-plots", action="store_true", help="skip the rate–distortion plots (PNG + PDF)")
     parser.add_argument("--out", default="reports/generated",
                         help="folder for <experiment>.md/.csv (+ .tex, and .runs.csv: every run's raw columns)")
     args = parser.parse_args(argv)
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         del written[f"{name}.runs.csv"]  # regenerating in place: the input stays as it is
     for filename, payload in written.items():
         atomic_write_bytes(out / filename, lambda f, p=payload: f.write(p))
+    plots = [] if args.no_plots else rate_distortion_plots(runs, out, name)
     print(text)
-    print("written: " + ", ".join(str(out / f) for f in written), file=sys.stderr)
+    print("written: " + ", ".join([str(out / f) for f in written] + [str(p) for p in plots]), file=sys.stderr)
     return 0
