@@ -10,6 +10,7 @@ from ..checkpoint import atomic_write_bytes
 from ..tracking import default_tracking_uri, silence_mlflow_noise
 from .load import load_runs, read_runs_csv
 from .markdown import render, render_latex
+from .html import render_html
 from .plots import rate_distortion_plots
 from .tables import comparison_table
 
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     for filename, payload in written.items():
         atomic_write_bytes(out / filename, lambda f, p=payload: f.write(p))
     plots = [] if args.no_plots else rate_distortion_plots(runs, out, name)
+    page = render_html(name, runs, plots).encode()
+    atomic_write_bytes(out / f"{name}.html", lambda f: f.write(page))
+    plots.append(out / f"{name}.html")
     print(text)
     print("written: " + ", ".join([str(out / f) for f in written] + [str(p) for p in plots]), file=sys.stderr)
     return 0
