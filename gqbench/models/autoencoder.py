@@ -59,7 +59,7 @@ class Autoencoder(nn.Module):
 
 
 def build_autoencoder(model_cfg: "DictConfig", quantizer: Quantizer, image_size: int) -> Autoencoder:
-    if model_cfg.get("z_channels") is not None and quantizer.out_channels != model_cfg.z_channels:
+    if getattr(model_cfg, "z_channels", None) is not None and quantizer.out_channels != model_cfg.z_channels:
         raise ValueError(
             f"model.z_channels={model_cfg.z_channels} but the quantizer decodes to {quantizer.out_channels} channels "
             f"(codebook_dim={getattr(quantizer, 'codebook_dim', '?')} x num_codebooks={quantizer.num_codebooks}); "
