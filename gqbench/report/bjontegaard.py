@@ -36,22 +36,23 @@ def _checked(rate, quality, name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.log(rate), quality
 
 
+def _mean_gap(x_ref: np.ndarray, y_ref: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, axis: str) -> float:
+    """Mean of (fit_test − fit_ref) over the x range both curves cover."""
+    lo, hi = max(x_ref.min(), x_test.min()), min(x_ref.max(), x_test.max())
+    if hi <= lo:
+        raise ValueError(f"the two curves cover no common {axis} range: the Bjøntegaard delta is undefined")
+    return (_fit_integral(x_test, y_test, lo, hi) - _fit_integral(x_ref, y_ref, lo, hi)) / (hi - lo)
+
+
 def bd_psnr(ref_rate, ref_psnr, test_rate, test_psnr) -> float:
     """Mean PSNR gain (dB) of the test curve over the reference across the rates both cover."""
     r1, p1 = _checked(ref_rate, ref_psnr, "reference curve")
     r2, p2 = _checked(test_rate, test_psnr, "test curve")
-    lo, hi = max(r1.min(), r2.min()), min(r1.max(), r2.max())
-    if hi <= lo:
-        raise ValueError("the two curves cover no common rate range: BD-PSNR is undefined")
-    return (_fit_integral(r2, p2, lo, hi) - _fit_integral(r1, p1, lo, hi)) / (hi - lo)
+    return _mean_gap(r1, p1, r2, p2, "rate")
 
 
 def bd_rate(ref_rate, ref_psnr, test_rate, test_psnr) -> float:
     """Mean relative rate change of the test curve at equal PSNR, over the PSNRs both reach (−0.1 = 10 % fewer bits)."""
     r1, p1 = _checked(ref_rate, ref_psnr, "reference curve")
     r2, p2 = _checked(test_rate, test_psnr, "test curve")
-    lo, hi = max(p1.min(), p2.min()), min(p1.max(), p2.max())
-    if hi <= lo:
-        raise ValueError("the two curves reach no common PSNR range: BD-rate is undefined")
-    mean_log_ratio = (_fit_integral(p2, r2, lo, hi) - _fit_integral(p1, r1, lo, hi)) / (hi - lo)
-    return float(np.exp(mean_log_ratio) - 1.0)
+    return float(np.exp(_mean_gap(p1, r1, p2, r2, "PSNR")) - 1.0)
