@@ -41,6 +41,12 @@ def test_bd_psnr_integrates_over_the_overlapping_rates_only():
     assert growing == pytest.approx(math.log(4) / 2, abs=1e-9)
 
 
+def test_bd_rate_refuses_a_curve_whose_psnr_does_not_rise_with_the_rate():
+    with pytest.raises(ValueError, match="reference curve's PSNR does not rise with the rate"):
+        bd_rate(RATES, [21.2, 21.1, 20.8, 20.0], RATES, [19.0, 19.5, 20.0, 21.0])
+    assert bd_psnr(RATES, [21.2, 21.1, 20.8, 20.0], RATES, [19.0, 19.5, 20.0, 21.0]) < 0  # BD-PSNR stays defined
+
+
 @pytest.mark.parametrize("args, message", [
     (([8, 16], [20, 21], [32, 64], [25, 26]), "no common rate range"),
     (([8, 16, 16], [20, 21, 22], [8, 16], [20, 21]), "share a rate"),

@@ -55,4 +55,7 @@ def bd_rate(ref_rate, ref_psnr, test_rate, test_psnr) -> float:
     """Mean relative rate change of the test curve at equal PSNR, over the PSNRs both reach (−0.1 = 10 % fewer bits)."""
     r1, p1 = _checked(ref_rate, ref_psnr, "reference curve")
     r2, p2 = _checked(test_rate, test_psnr, "test curve")
+    for name, r, p in (("reference", r1, p1), ("test", r2, p2)):
+        if np.any(np.diff(p[np.argsort(r)]) <= 0):  # rate as a function of PSNR only exists on a rising curve
+            raise ValueError(f"the {name} curve's PSNR does not rise with the rate: BD-rate needs monotone curves")
     return float(np.exp(_mean_gap(p1, r1, p2, r2, "PSNR")) - 1.0)

@@ -195,7 +195,7 @@ def bjontegaard_table(runs: pd.DataFrame, reference: str = "gq") -> pd.DataFrame
             if method == reference or len(curve) < 2:
                 continue
             row = dict(zip(context, where if isinstance(where, tuple) else (where,)))
-            row.update({"method": method, "vs": reference, "rates": ", ".join(f"{b:g}" for b in curve["bits/token"])})
+            row.update({"method": method, "vs": reference, "rates": ", ".join(f"{b:.4g}" for b in curve["bits/token"])})
             try:
                 row["BD-PSNR (dB)"] = f"{bd_psnr(ref['bits/token'], ref['PSNR↑'], curve['bits/token'], curve['PSNR↑']):+.2f}"
             except ValueError as why:
