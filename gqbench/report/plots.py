@@ -13,14 +13,14 @@ PLOTTED = [("PSNR↑", "PSNR (dB) ↑"), ("SSIM↑", "SSIM ↑"), ("LPIPS↓", "
            ("effective bits", "effective bits / token")]
 
 
-def _curves(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+def _curves(runs: pd.DataFrame) -> pd.DataFrame:
     raw = comparison_table(runs, formatted=False)
     for column in ["bits/token"] + [c for c, _ in PLOTTED]:
         if column in raw:
             raw[column] = pd.to_numeric(raw[column], errors="coerce")
     context = [c for c in ("protocol", "backbone") if c in raw and raw[c].map(str).nunique() > 1]
     raw["line"] = raw[["method"] + context].apply(lambda row: " / ".join(map(str, row)), axis=1)
-    return raw, context
+    return raw
 
 
 def rate_distortion_plots(runs: pd.DataFrame, out: Path, name: str) -> list[Path]:
@@ -31,7 +31,7 @@ def rate_distortion_plots(runs: pd.DataFrame, out: Path, name: str) -> list[Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    raw, _ = _curves(runs)
+    raw = _curves(runs)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for column, label in PLOTTED:
