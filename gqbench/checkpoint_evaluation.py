@@ -185,6 +185,7 @@ def evaluate_checkpoint(path: Path, overrides: list[str], out: str | None = None
             grid_images=cfg.eval.grid_images, device=device, seed=cfg.seed, metrics=metrics, unavailable=unavailable,
             grid_file=out_dir / JobDir.GRID if ranks.is_main else None,
             per_image_file=out_dir / JobDir.PER_IMAGE if ranks.is_main else None,
+            kl_file=out_dir / JobDir.KL_BITS if ranks.is_main else None,
         )
         if ranks.is_main:
             same_as_training = "config" in state and settings == measured_settings(OmegaConf.create(state["config"]))
@@ -238,7 +239,9 @@ def _log_to_mlflow(cfg: DictConfig, jobdir: JobDir, result: Evaluation, same_as_
                      f" (child of training run {training_run})" if training_run else "")
         tracker.log_metrics(result.metrics, step)
         tracker.set_tags(result.tags())
-        tracker.log_artifact(out_dir / JobDir.PER_IMAGE, "evaluation")
+        for artifact in (out_dir / JobDir.PER_IMAGE, out_dir / JobDir.KL_BITS):
+            if artifact.exists():
+                tracker.log_artifact(artifact, "evaluation")
         if not (same_as_training and training_run):
             tracker.end("FINISHED")
         return tracker.run_id

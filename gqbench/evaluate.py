@@ -64,11 +64,12 @@ def evaluate(
     metrics: list[M.Metric] | None = None,
     unavailable: dict[str, M.MetricUnavailable] | None = None,
     per_image_file: Path | None = None,
+    kl_file: Path | None = None,
 ) -> Evaluation:
     """The metrics of `model` on the first `num_images` validation images. `metrics`: from
-    gqbench.metrics.build_metrics (default: those that need no weights). Writes the grid to `grid_file` and the
-    per-image values to `per_image_file` (None: not written, e.g. on ranks other than 0). Every rank returns the
-    merged result."""
+    gqbench.metrics.build_metrics (default: those that need no weights). Writes the grid to `grid_file`, the
+    per-image values to `per_image_file` and, for methods with a Gaussian posterior, the per-group KL histogram
+    to `kl_file` (None: not written, e.g. on ranks other than 0). Every rank returns the merged result."""
     if num_images is not None:
         if num_images < 1:
             raise ValueError(f"eval.num_images={num_images} must be >= 1 (or null for the whole validation split)")
@@ -129,6 +130,10 @@ def evaluate(
         save_image(rows, grid_file, nrow=len(grid_rows[0]), padding=1)
     if per_image_file is not None:
         write_per_image(per_image_file, metrics)
+    if kl_file is not None:
+        for metric in metrics:
+            if isinstance(metric, M.KlDistribution) and metric.counts.sum() > 0:
+                write_csv(kl_file, metric.table())
     return result
 
 
@@ -138,7 +143,11 @@ def write_per_image(path: Path, metrics: list[M.Metric]) -> None:
     columns = {k: v for metric in metrics if hasattr(metric, "per_image") for k, v in metric.per_image().items()}
     table = pd.DataFrame(columns)
     table.index.name = "image"
-    text = table.to_csv(float_format="%.9g").encode()
+    write_csv(path, table, index=True)
+
+
+def write_csv(path: Path, table: pd.DataFrame, index: bool = False) -> None:
+    text = table.to_csv(float_format="%.9g", index=index).encode()
     atomic_write_bytes(path, lambda f: f.write(text))
 
 

@@ -128,6 +128,7 @@ def _run_locked(cfg, ranks: runtime.Ranks, device, jobdir: JobDir, output_dir: P
             grid_images=cfg.eval.grid_images, device=device, grid_file=jobdir.grid if ranks.is_main else None,
             seed=cfg.seed, metrics=eval_metrics, unavailable=unavailable,
             per_image_file=jobdir.per_image if ranks.is_main else None,
+            kl_file=jobdir.kl_bits if ranks.is_main else None,
         )
         metrics = evaluation.metrics
         metrics["train_final_loss"] = train_stats.get("loss", float("nan"))
@@ -186,8 +187,9 @@ def _record_finished(cfg: DictConfig, tracker: Tracker, jobdir: JobDir, output_d
     for path in {jobdir.metrics, output_dir / JobDir.METRICS}:
         write_json(path, record)
     jobdir.config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    for artifact in (jobdir.metrics, jobdir.grid, jobdir.config, jobdir.per_image):
-        tracker.log_artifact(artifact)
+    for artifact in (jobdir.metrics, jobdir.grid, jobdir.config, jobdir.per_image, jobdir.kl_bits):
+        if artifact.exists():  # kl_bits.csv: methods with a Gaussian posterior only
+            tracker.log_artifact(artifact)
     tracker.end("FINISHED")
     kl = ("  KL bits %.3f [%.3f, %.3f]" % (metrics["q_bits_mean"], metrics["q_bits_min"], metrics["q_bits_max"])
           if "q_bits_mean" in metrics else "")

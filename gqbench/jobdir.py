@@ -5,6 +5,8 @@ in it. Every module that reads or writes a job's files asks this object for the 
     metrics.json                 the job's final record: status, signature, MLflow run id, metrics
     config.yaml                  the resolved config the job ran with
     reconstructions.png          the evaluation grid (originals, reconstructions[, continuous path])
+    per_image.csv                PSNR/SSIM/LPIPS of every evaluated image (the report's paired comparisons)
+    kl_bits.csv                  GQ/TokenBridge: histogram of the per-group KL against the TDC band
     mlflow_run_id.<experiment>   the job's MLflow run in that experiment, so a resumed job logs into it
     .lock                        held by the job's rank 0 while it runs (one process group per job folder)
     previous/<time>/             an earlier finished training, moved aside by rerun=all (gqbench.rerun)
@@ -26,6 +28,7 @@ class JobDir:
     CONFIG = "config.yaml"
     GRID = "reconstructions.png"
     PER_IMAGE = "per_image.csv"
+    KL_BITS = "kl_bits.csv"
     RUN_ID = "mlflow_run_id"
     LOCK = ".lock"
     PREVIOUS = "previous"
@@ -61,6 +64,10 @@ class JobDir:
     @property
     def per_image(self) -> Path:
         return self.path / self.PER_IMAGE
+
+    @property
+    def kl_bits(self) -> Path:
+        return self.path / self.KL_BITS
 
     @property
     def lock(self) -> Path:

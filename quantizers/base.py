@@ -34,6 +34,8 @@ class QuantizerOutput:
                 Turning them into numbers is a device->host sync, so the trainer does it on logging steps only.
     continuous: optional (B, out_channels, H, W) un-quantized latent of the same model (GQ's
                 "Gaussian VAE" reconstruction path); None for methods that have none.
+    group_bits: optional (B, num_codebooks, H, W) KL of each token's group posterior from the prior, in bits
+                (detached): what GQ's TDC holds near log2 K; None for methods without a posterior.
     """
 
     z_q: Tensor
@@ -41,6 +43,7 @@ class QuantizerOutput:
     loss: Tensor
     stats: dict[str, Tensor | float] = field(default_factory=dict)
     continuous: Tensor | None = None
+    group_bits: Tensor | None = None
 
 
 class Quantizer(nn.Module):

@@ -65,8 +65,8 @@ class GaussianQuant(Quantizer):
         lam_factor: float = 1.01,
         lam_min_range: tuple[float, float] = (1e-3, 1.0),
         lam_max_range: tuple[float, float] = (1.0, 1e3),
-        tdc_updates_per_step: int = 2,
-        regularizer: str = "tdc",  # "tdc": the paper's TDC; "kl": kl_weight · KL, a plain Gaussian VAE (ablation)  # TDC controller moves per step; 2 = the reference's rate (quantizers/tdc.py)
+        tdc_updates_per_step: int = 2,  # TDC controller moves per step; 2 = the reference's rate (quantizers/tdc.py)
+        regularizer: str = "tdc",  # "tdc": the paper's TDC; "kl": kl_weight · KL, a plain Gaussian VAE (ablation)
         search_backend: str = "auto",  # kernels backend: "auto" (Triton on CUDA, torch on CPU), "torch", "triton"
         search_exact: bool = True,  # False allows the tensor-core candidate search (re-ranked in fp32)
     ):
@@ -116,7 +116,8 @@ class GaussianQuant(Quantizer):
         if self.training:
             return QuantizerOutput(z_q=sample, indices=None, loss=loss, stats=stats)
         indices = self._search(mu, logvar)
-        return QuantizerOutput(z_q=self._decode(indices), indices=indices, loss=loss, stats=stats, continuous=sample)
+        return QuantizerOutput(z_q=self._decode(indices), indices=indices, loss=loss, stats=stats, continuous=sample,
+                               group_bits=group_bits.detach())
 
     @torch.no_grad()
     def encode(self, h: Tensor) -> Tensor:

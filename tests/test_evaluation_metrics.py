@@ -268,6 +268,27 @@ def test_quantizer_stats_average_over_images_and_a_single_image_is_its_own_mean(
     assert metric.summary() == {"q_bits_mean": 2.0, "q_bits_max": 5.0}
 
 
+def test_kl_histogram_counts_every_group_in_its_bin_merges_shards_and_keeps_the_band():
+    from quantizers import build_quantizer
+
+    gq = build_quantizer("gq", 256, 8, 2)
+    metric = M.KlDistribution.of(gq)
+    assert M.KlDistribution.of(build_quantizer("vq", 256, 8)) is None  # no posterior, no histogram
+    assert (metric.target_bits, metric.tolerance) == (8.0, 0.5)
+    values = torch.tensor([0.0, 0.1, 0.125, 7.9, 8.0, 8.06, 100.0]).view(1, 7, 1, 1)  # (B, G, H, W)
+    shards = []
+    for half in (values[:, :4], values[:, 4:]):
+        shard = M.KlDistribution.of(gq)
+        shard.update(M.EvalBatch(0, torch.zeros(1), SimpleNamespace(quant=SimpleNamespace(group_bits=half))))
+        shards.append(shard.state())
+    metric.merge(shards)
+    table = metric.table()
+    counts = dict(zip(table["bin_lo"], table["count"]))
+    assert counts[0.0] == 2 and counts[0.125] == 1 and counts[7.875] == 1 and counts[8.0] == 2
+    assert table["count"].iloc[-1] == 1 and table["bin_hi"].iloc[-1] >= 8.5 + 4  # overflow lands in the last bin
+    assert table["count"].sum() == 7 and set(table["target_bits"]) == {8.0} and set(table["tolerance_bits"]) == {0.5}
+
+
 def test_reference_cache_keys_ignore_field_order_and_round_trip(tmp_path, caplog):
     cache = ReferenceCache(tmp_path)
     fields = {"count": 3, "resolution": 32, "images": "abc"}

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from .base import (UNAVAILABLE_TAG, EvalBatch, Metric, MetricUnavailable, PerImageValues, StatAccumulator,
                    as_numbers)
+from .kl_distribution import KlDistribution
 from .fid import RFID, ReferenceCache, Rfid, load_inception
 from .lpips import LPIPS, Lpips, load_lpips_metric_net
 from .quantizer_stats import QuantizerStats
@@ -50,6 +51,9 @@ def build_metrics(eval_cfg, quantizer, *, is_main: bool = True) -> tuple[list[Me
         CodebookCounter(quantizer.codebook_size, quantizer.num_codebooks),
         QuantizerStats(),
     ]
+    kl = KlDistribution.of(quantizer)
+    if kl is not None:
+        metrics.append(kl)
     unavailable: dict[str, MetricUnavailable] = {}
     for name, build in WEIGHTED_METRICS.items():
         if not eval_cfg.get(name, True):
