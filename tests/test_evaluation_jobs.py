@@ -55,6 +55,15 @@ def test_offline_job_completes_and_records_rfid_and_lpips_as_unavailable_with_th
     per_image = pd.read_csv(job_dir / "per_image.csv", index_col="image")
     assert len(per_image) == 16 and {"psnr", "ssim", "continuous_psnr"} <= set(per_image.columns)
     assert per_image["psnr"].mean() == pytest.approx(metrics["psnr"], rel=1e-9)
+    # GQ's per-group KL histogram: every (image, token, group) counted once, its mean near the logged one
+    kl = pd.read_csv(job_dir / "kl_bits.csv")
+    tokens = metrics["tokens_per_image"] * metrics["num_codebooks"] * 16
+    assert kl["count"].sum() == tokens and set(kl["target_bits"]) == {4.0}
+    centre = ((kl["bin_lo"] + kl["bin_hi"]) / 2 * kl["count"]).sum() / tokens
+    if kl["count"].iloc[-1] == 0:  # nothing in the open-ended last bin: bin centres are within half a bin
+        assert centre == pytest.approx(metrics["q_bits_mean"], abs=0.0625 + 1e-6)
+    logged = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"per_image.csv", "kl_bits.csv", "reconstructions.png", "metrics.json", "config.yaml"} <= logged
     # the table says why the cell is empty
     table = report.comparison_table(report.load_runs("gqbench", default_tracking_uri(tmp_path / "runs")))
     assert table["rFID↓"].tolist() == ["n/a (no Inception weights)"]

@@ -131,7 +131,7 @@ def test_cli_defaults_runs_dir_from_the_environment_and_reports_folder(tmp_path,
     usage = capsys.readouterr().out
     for text in ("Render an MLflow experiment as comparison tables", "MLflow experiment name (tracking.experiment)",
                  "(paths.runs; default $GQBENCH_RUNS or ./runs)", "default: sqlite:///<runs-dir>/mlflow.db",
-                 "folder for <experiment>.md/.csv"):
+                 "folder for the report's files", "the method the paired and Bjøntegaard tables compare against"):
         assert text in " ".join(usage.split()), text
 
 

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from .layout import Layout
 from .markdown import BD_NOTE, METRIC_NOTE, SEEDS_NOTE, caption
+from .paired import PAIRED_NOTE, paired_table
 from .tables import bjontegaard_table, finished_runs, summary_table, unfinished_jobs
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}
 th,td{border-bottom:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}
 td:first-child,th:first-child{text-align:left}p.note{font-size:12px;color:#555;max-width:70em}
-figure{display:inline-block;margin:0 1em 1em 0}img{max-width:520px}"""
+figure{display:inline-block;margin:0 1em 1em 0}img{max-width:520px}img.wide{max-width:min(100%,1100px)}"""
 SELF_CHECK = """window.addEventListener('load', () => {
   const images = Array.from(document.images);
   const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
@@ -37,22 +39,32 @@ def _table(frame: pd.DataFrame) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
-def render_html(name: str, runs: pd.DataFrame, images: list[Path]) -> str:
+def render_html(name: str, runs: pd.DataFrame, images: list[Path], layout: Layout | None = None,
+                per_image: pd.DataFrame | None = None, commentary: str = "") -> str:
+    layout = layout or Layout.from_runs(runs)
     parts = [f"<h1>{html.escape(name)}</h1>", f"<p>{len(finished_runs(runs))} finished job(s).</p>"]
     parts += [f"<p class='note'>{html.escape(line)}</p>" for line in caption(runs)]
-    table = summary_table(runs)
+    table = summary_table(runs, layout=layout)
     if len(table):
         parts += [_table(table), f"<p class='note'>{html.escape(SEEDS_NOTE)}</p>"]
-    deltas = bjontegaard_table(runs)
+    paired = paired_table(runs, per_image if per_image is not None else pd.DataFrame(), layout.reference)
+    if len(paired):
+        parts += [f"<h2>Paired differences against {html.escape(layout.reference)}</h2>", _table(paired),
+                  f"<p class='note'>{html.escape(PAIRED_NOTE)}</p>"]
+    deltas = bjontegaard_table(runs, layout.reference)
     if len(deltas):
         parts += ["<h2>Rate–distortion: Bjøntegaard deltas</h2>", _table(deltas),
                   f"<p class='note'>{html.escape(BD_NOTE)}</p>"]
+    if commentary:
+        parts += ["<h2>How this compares with the paper</h2>"]
+        parts += [f"<p>{html.escape(paragraph)}</p>" for paragraph in commentary.strip().split("\n\n")]
     pngs = [p for p in images if p.suffix == ".png"]
     if pngs:
         parts.append("<h2>Plots</h2>")
         for png in pngs:
             data = base64.b64encode(png.read_bytes()).decode()
-            parts.append(f"<figure><img alt='{html.escape(png.stem)}' src='data:image/png;base64,{data}'>"
+            wide = " class='wide'" if "reconstructions" in png.stem else ""
+            parts.append(f"<figure><img{wide} alt='{html.escape(png.stem)}' src='data:image/png;base64,{data}'>"
                          f"<figcaption>{html.escape(png.stem)} (PDF beside this page)</figcaption></figure>")
     failed = unfinished_jobs(runs)
     if len(failed):

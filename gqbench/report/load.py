@@ -59,7 +59,8 @@ def read_runs_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise SystemExit(f"--from {path}: no such file; give the runs.csv a report wrote")
-    runs = pd.read_csv(path, dtype={c: str for c in pd.read_csv(path, nrows=0).columns if c.startswith(("params.", "tags."))})
+    runs = pd.read_csv(path, dtype={c: str for c in pd.read_csv(path, nrows=0).columns if c.startswith(("params.", "tags."))},
+                       float_precision="round_trip")
     if "status" not in runs:
         raise SystemExit(f"--from {path}: not a per-run CSV (no 'status' column); give the runs.csv a report wrote")
     runs["start_time"] = pd.to_datetime(runs["start_time"], utc=True, format="ISO8601")

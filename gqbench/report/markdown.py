@@ -1,9 +1,12 @@
 """The report as Markdown and LaTeX: the caption (protocols, deviations), the table (mean ± std over seeds, the best
-per rate group in bold), the failed jobs, the notes on the metrics. LaTeX is pandas' Styler (booktabs rules)."""
+per rate group in bold), the paired differences against the reference method, the Bjøntegaard deltas, the failed
+jobs, the notes on the metrics. LaTeX is pandas' Styler (booktabs rules), one table environment per table."""
 from __future__ import annotations
 
 import pandas as pd
 
+from .layout import Layout
+from .paired import PAIRED_NOTE, paired_table
 from .tables import COLUMNS, bjontegaard_table, finished_runs, summary_table, unfinished_jobs
 
 METRIC_NOTE = ("PSNR/SSIM: per image on the 0–255 scale, mean over validation images; LPIPS: AlexNet unless the run "
@@ -30,8 +33,12 @@ def caption(runs: pd.DataFrame) -> list[str]:
                     "(quantizers/<method>.py docstrings)."]
 
 
-def render(experiment: str, runs: pd.DataFrame) -> str:
-    table = summary_table(runs)
+def render(experiment: str, runs: pd.DataFrame, layout: Layout | None = None, per_image: pd.DataFrame | None = None,
+           commentary: str = "") -> str:
+    """The Markdown report; `per_image` (gqbench.report.artefacts) adds the paired table, `commentary` a paragraph
+    of the author's after the tables (the committed reports' comparison with the paper)."""
+    layout = layout or Layout.from_runs(runs)
+    table = summary_table(runs, layout=layout)
     jobs = len(finished_runs(runs))
     lines = [f"# {experiment}", "", f"{jobs} finished job(s).", ""]
     if caption(runs):
@@ -41,10 +48,16 @@ def render(experiment: str, runs: pd.DataFrame) -> str:
         # the cells are already formatted: tabulate must not re-parse "25.00" as 25 (it drops the digits)
         align = ["right" if formats.get(h) else "left" for h in table.columns]  # numbers right-aligned
         lines += [table.to_markdown(index=False, disable_numparse=True, colalign=align), "", SEEDS_NOTE, ""]
-    deltas = bjontegaard_table(runs)
+    paired = paired_table(runs, per_image if per_image is not None else pd.DataFrame(), layout.reference)
+    if len(paired):
+        lines += [f"## Paired differences against {layout.reference}", "",
+                  paired.to_markdown(index=False, disable_numparse=True), "", PAIRED_NOTE, ""]
+    deltas = bjontegaard_table(runs, layout.reference)
     if len(deltas):
         lines += ["## Rate–distortion: Bjøntegaard deltas", "", deltas.to_markdown(index=False, disable_numparse=True),
                   "", BD_NOTE, ""]
+    if commentary:
+        lines += ["## How this compares with the paper", "", commentary.strip(), ""]
     failed = unfinished_jobs(runs)
     if len(failed):
         lines += [f"## Failed or interrupted jobs ({len(failed)})", "", failed.to_markdown(index=False), ""]
@@ -52,12 +65,29 @@ def render(experiment: str, runs: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def render_latex(experiment: str, runs: pd.DataFrame) -> str:
-    """A booktabs table environment with the caption (protocol, seeds, bold) and a label tab:<experiment>."""
-    table = summary_table(runs, bold="\\textbf{{{}}}")
+def render_latex(experiment: str, runs: pd.DataFrame, layout: Layout | None = None,
+                 per_image: pd.DataFrame | None = None) -> str:
+    """Booktabs table environments: the summary (caption: protocol, seeds, bold; label tab:<experiment>), then the
+    paired differences (tab:<experiment>-paired) and the Bjøntegaard deltas (tab:<experiment>-bd) when there are."""
+    layout = layout or Layout.from_runs(runs)
+    table = summary_table(runs, bold="\\textbf{{{}}}", layout=layout)
     if table.empty:
         return f"% {experiment}: no finished job\n"
-    arrows = {"↑": "$\\uparrow$", "↓": "$\\downarrow$", "±": "$\\pm$", "–": "--", "∏": "$\\prod$"}
+    text = " ".join(caption(runs) + [SEEDS_NOTE])
+    parts = [_latex_table(table, f"{experiment}: {text}", f"tab:{experiment}")]
+    paired = paired_table(runs, per_image if per_image is not None else pd.DataFrame(), layout.reference)
+    if len(paired):
+        parts.append(_latex_table(paired, f"{experiment}: {PAIRED_NOTE}", f"tab:{experiment}-paired"))
+    deltas = bjontegaard_table(runs, layout.reference)
+    if len(deltas):
+        parts.append(_latex_table(deltas, f"{experiment}: {BD_NOTE}", f"tab:{experiment}-bd"))
+    return "\n".join(parts)
+
+
+def _latex_table(table: pd.DataFrame, caption_text: str, label: str) -> str:
+    arrows = {"↑": "$\\uparrow$", "↓": "$\\downarrow$", "±": "$\\pm$", "–": "--", "∏": "$\\prod$", "Δ": "$\\Delta$",
+              "ø": "{\\o}", "−": "$-$", "×": "$\\times$", "·": "$\\cdot$", "≤": "$\\leq$", "≥": "$\\geq$",
+              "Σ": "$\\Sigma$", "→": "$\\to$"}
 
     def tex(text: str) -> str:
         for plain, command in arrows.items():
@@ -67,10 +97,9 @@ def render_latex(experiment: str, runs: pd.DataFrame) -> str:
     escaped = table.map(lambda cell: tex(_escape(str(cell))) if not str(cell).startswith("\\textbf")
                         else "\\textbf{" + tex(_escape(str(cell)[8:-1])) + "}")
     escaped.columns = [tex(_escape(c)) for c in table.columns]
-    text = " ".join(caption(runs) + [SEEDS_NOTE])
     styler = escaped.style.hide(axis="index")
-    return styler.to_latex(hrules=True, position_float="centering", label=f"tab:{experiment}",
-                           caption=tex(_escape(f"{experiment}: {text}")), column_format="l" * len(table.columns))
+    return styler.to_latex(hrules=True, position_float="centering", label=label, caption=tex(_escape(caption_text)),
+                           column_format="l" * len(table.columns))
 
 
 def _escape(text: str) -> str:

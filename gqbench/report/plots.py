@@ -51,10 +51,18 @@ def rate_distortion_plots(runs: pd.DataFrame, out: Path, name: str) -> list[Path
         axes.set_title(f"{name}: {label}")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
-        stem = out / f"{name}-rd-{column.rstrip('↑↓').replace(' ', '_').replace('/', '_').lower()}"
-        for suffix in (".png", ".pdf"):
-            # no creation date in the PDF: the same runs give the same file
-            figure.savefig(stem.with_suffix(suffix), dpi=150, metadata={"CreationDate": None} if suffix == ".pdf" else None)
-            written.append(stem.with_suffix(suffix))
-        plt.close(figure)
+        written += save_figure(figure, out / f"{name}-rd-{column.rstrip('↑↓').replace(' ', '_').replace('/', '_').lower()}")
+    return written
+
+
+def save_figure(figure, stem: Path) -> list[Path]:
+    """<stem>.png and <stem>.pdf, then the figure is closed; the PDF has no creation date (same runs, same file)."""
+    import matplotlib.pyplot as plt
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in (".png", ".pdf"):
+        figure.savefig(stem.with_suffix(suffix), dpi=150, metadata={"CreationDate": None} if suffix == ".pdf" else None)
+        written.append(stem.with_suffix(suffix))
+    plt.close(figure)
     return written

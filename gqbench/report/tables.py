@@ -115,6 +115,7 @@ def unfinished_jobs(runs: pd.DataFrame) -> pd.DataFrame:
 IDENTITY = ["method", "protocol", "deviations", "backbone", "K", "m", "groups", "bits/token", "effective bits", "bpp",
             "steps", "eval images"]
 NOT_AVERAGED = {"K", "m", "groups", "bits/token", "bpp", "eval images"}  # sizes, equal across seeds
+CONFIGURATION = [k for k in IDENTITY if k != "effective bits"]  # what a summary row is keyed by (effective bits: measured)
 
 
 def better(header: str) -> int:
@@ -122,14 +123,18 @@ def better(header: str) -> int:
     return 1 if "↑" in header else -1 if "↓" in header else 0
 
 
-def summary_table(runs: pd.DataFrame, bold: str = "**{}**") -> pd.DataFrame:
+def summary_table(runs: pd.DataFrame, bold: str = "**{}**", layout=None) -> pd.DataFrame:
     """One row per configuration: metrics as mean ± std over its seeds (std when 2+ seeds), `seeds` the count, and the
-    best mean of every ↑/↓ column within each bits/token group wrapped in `bold` ("**{}**" Markdown, "\\textbf{{{}}}"
-    LaTeX). Cells a run could not compute keep their "n/a (why)" text; missing ones are "–"."""
+    best mean of every ↑/↓ column within each group of `layout.group_by` (default: bits/token, rounded) wrapped in
+    `bold` ("**{}**" Markdown, "\\textbf{{{}}}" LaTeX). Cells a run could not compute keep their "n/a (why)" text;
+    missing ones are "–". `layout` (gqbench.report.layout.Layout) also picks the columns shown."""
+    from .layout import Layout
+
+    layout = layout or Layout()
     raw = comparison_table(runs, formatted=False)
     cells = comparison_table(runs, formatted=True)
     formats = {header: fmt for _, header, fmt in COLUMNS}
-    keys = [k for k in IDENTITY if k in raw and k != "effective bits"]
+    keys = [k for k in CONFIGURATION if k in raw]
     values = [h for h, fmt in formats.items() if fmt is not None and h in raw and h not in keys]
     raw[values] = raw[values].apply(pd.to_numeric, errors="coerce")
     rows = []
@@ -139,8 +144,7 @@ def summary_table(runs: pd.DataFrame, bold: str = "**{}**") -> pd.DataFrame:
         row = {k: first[k] for k in keys}
         seeds = group["seed"].dropna() if "seed" in group else pd.Series(dtype=object)
         row["seeds"] = str(seeds.nunique() if len(seeds) else len(group))
-        bits = pd.to_numeric(group["bits/token"], errors="coerce").iloc[0] if "bits/token" in group else float("nan")
-        row["_rate"] = round(bits) if pd.notna(bits) else -1  # FSQ's 15.97 competes at 16
+        row["_group"] = "|".join(_group_key(group, header) for header in layout.group_by)
         for header in values:
             column = group[header].dropna()
             if column.empty:
@@ -154,20 +158,29 @@ def summary_table(runs: pd.DataFrame, bold: str = "**{}**") -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    rate = table["_rate"]
     for header in values:
         direction = better(header)
         means = table[f"_{header}"]
         if not direction or means.notna().sum() < 2:
             continue
-        for _, index in table.groupby(rate, dropna=False).groups.items():
+        for _, index in table.groupby("_group").groups.items():
             group = means.loc[index].dropna()
             if len(group) >= 2:
                 best = group.max() if direction > 0 else group.min()
                 for i in group.index[group == best]:
                     table.at[i, header] = bold.format(table.at[i, header])
     order = [h for _, h, _ in COLUMNS if h in table and h != "seed"] + ["seeds"]
-    return table[order]
+    return table[layout.shown(order)]
+
+
+def _group_key(group: pd.DataFrame, header: str) -> str:
+    """The value a configuration is grouped by for the bold best: bits/token rounded (FSQ's 15.97 competes at 16)."""
+    if header not in group:
+        return ""
+    if header == "bits/token":
+        bits = pd.to_numeric(group[header], errors="coerce").iloc[0]
+        return str(round(bits)) if pd.notna(bits) else "?"
+    return str(group[header].iloc[0])
 
 
 def bjontegaard_table(runs: pd.DataFrame, reference: str = "gq") -> pd.DataFrame:
