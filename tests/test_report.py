@@ -170,19 +170,23 @@ def test_rendered_markdown_is_exactly_the_table_the_failures_and_the_note():
     header_row = [c.strip() for c in lines[4].strip("|").split("|")]
     body_row = [c.strip() for c in lines[6].strip("|").split("|")]
     assert header_row == headers and body_row == cells
+    # the failed job keeps its place in the table: its configuration, what happened in the PSNR cell, 0 seeds
+    hole = list(cells)
+    hole[headers.index("PSNR↑")], hole[-1] = "failed: boom", "0"
+    assert [c.strip() for c in lines[7].strip("|").split("|")] == hole
     rule = [c.strip() for c in lines[5].strip("|").split("|")]
     numeric = {h for _, h, fmt in report.COLUMNS if fmt is not None} | {"seeds"}
     assert [r.endswith(":") and not r.startswith(":") for r in rule] == [h in numeric for h in headers]
-    assert lines[7:9] == ["", "Metrics: mean ± std (n − 1) over the row's seeds; bold: the best mean of the column at "
-                              "that bits/token."]
-    assert lines[9:12] == ["", "## Failed or interrupted jobs (1)", ""]
-    assert [c.strip() for c in lines[12].strip("|").split("|")] == ["run", "status", "error"]
-    assert [c.strip() for c in lines[14].strip("|").split("|")] == ["b", "FAILED", "boom"]
-    assert lines[15] == "" and lines[16].startswith("PSNR/SSIM: per image on the 0–255 scale, mean over validation "
+    assert lines[8:10] == ["", "Metrics: mean ± std (n − 1) over the row's seeds; bold: the best mean of the column at "
+                               "that bits/token."]
+    assert lines[10:13] == ["", "## Failed or interrupted jobs (1)", ""]
+    assert [c.strip() for c in lines[13].strip("|").split("|")] == ["run", "status", "error"]
+    assert [c.strip() for c in lines[15].strip("|").split("|")] == ["b", "FAILED", "boom"]
+    assert lines[16] == "" and lines[17].startswith("PSNR/SSIM: per image on the 0–255 scale, mean over validation "
                                                    "images; LPIPS: AlexNet unless the run says otherwise; rFID:")
-    assert "n/a (why): the metric could not be computed" in lines[16]
-    assert lines[16].endswith("K, m, groups: the code as built (FSQ: K = ∏ levels); bpp is nominal.")
-    assert lines[17:] == [""]
+    assert "n/a (why): the metric could not be computed" in lines[17]
+    assert lines[17].endswith("K, m, groups: the code as built (FSQ: K = ∏ levels); bpp is nominal.")
+    assert lines[18:] == [""]
 
 
 def test_seeds_average_to_mean_and_std_and_the_best_per_rate_is_bold():

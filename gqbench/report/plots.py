@@ -10,7 +10,7 @@ import pandas as pd
 from .tables import comparison_table
 
 PLOTTED = [("PSNR↑", "PSNR (dB) ↑"), ("SSIM↑", "SSIM ↑"), ("LPIPS↓", "LPIPS ↓"), ("rFID↓", "rFID ↓"),
-           ("effective bits", "effective bits / token")]
+           ("effective bits", "effective bits / token"), ("usage↑", "codebook usage ↑")]
 
 
 def _curves(runs: pd.DataFrame) -> pd.DataFrame:

@@ -145,6 +145,7 @@ def summary_table(runs: pd.DataFrame, bold: str = "**{}**", layout=None) -> pd.D
         seeds = group["seed"].dropna() if "seed" in group else pd.Series(dtype=object)
         row["seeds"] = str(seeds.nunique() if len(seeds) else len(group))
         row["_group"] = "|".join(_group_key(group, header) for header in layout.group_by)
+        row["_order"] = pd.to_numeric(group["bits/token"], errors="coerce").iloc[0] if "bits/token" in group else float("nan")
         for header in values:
             column = group[header].dropna()
             if column.empty:
@@ -155,6 +156,7 @@ def summary_table(runs: pd.DataFrame, bold: str = "**{}**", layout=None) -> pd.D
                 row[header] = f"{formats[header].format(column.mean())} ± {formats[header].format(column.std(ddof=1))}"
             row[f"_{header}"] = column.mean() if not column.empty else float("nan")
         rows.append(row)
+    rows += _holes(runs, keys, values)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -170,7 +172,46 @@ def summary_table(runs: pd.DataFrame, bold: str = "**{}**", layout=None) -> pd.D
                 for i in group.index[group == best]:
                     table.at[i, header] = bold.format(table.at[i, header])
     order = [h for _, h, _ in COLUMNS if h in table and h != "seed"] + ["seeds"]
-    return table[layout.shown(order)]
+    table[keys] = table[keys].map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else v)
+    table = table.sort_values(["method", "_order"], key=lambda s: s if s.name == "method" else s.fillna(-1), kind="stable")
+    return table[layout.shown(order)].reset_index(drop=True)
+
+
+# where a job that did not finish takes its configuration from: the params it logged when it started
+HOLE_COLUMNS = {"method": "params.quantizer.name", "protocol": "params.protocol.name", "backbone": "params.model.name",
+                "K": "params.quantizer.codebook_size", "bits/token": "params.rate.bits_per_token",
+                "steps": "params.train.max_steps"}
+HOLE_STATUS = {"FAILED": "failed", "KILLED": "killed", "RUNNING": "unfinished", "SCHEDULED": "unfinished"}
+
+
+def _holes(runs: pd.DataFrame, keys: list[str], values: list[str]) -> list[dict]:
+    """A row, in place in the table, for each job without a finished run (the newest attempt's configuration):
+    the first metric cell says what happened ("failed: FloatingPointError: the training loss became nan ..."),
+    the other cells "–"; never bold, 0 seeds."""
+    bad = runs.loc[unfinished_jobs(runs).index].sort_values("start_time")
+    if "tags.signature" in bad:
+        bad = bad.drop_duplicates("tags.signature", keep="last")
+    formats = {header: fmt for _, header, fmt in COLUMNS}
+    rows = []
+    for _, run in bad.iterrows():
+        row = {k: "–" if formats.get(k) else "" for k in keys}  # as a finished row shows what it lacks
+        for header, column in HOLE_COLUMNS.items():
+            if header in row and isinstance(run.get(column), str):
+                row[header] = run[column]
+        error = run.get("tags.error")
+        what = HOLE_STATUS.get(str(run["status"]), str(run["status"]).lower())
+        if isinstance(error, str) and error:
+            first_line = error.strip().splitlines()[0]
+            what += ": " + (first_line if len(first_line) <= 80 else first_line[:79] + "…")
+        row.update({header: "–" for header in values})
+        scored = [header for header in values if better(header)] or values
+        if scored:
+            row[scored[0]] = what  # the first ↑/↓ column (PSNR): where a reader looks for the number
+        row.update({"seeds": "0", "_group": f"hole {len(rows)}",
+                    "_order": pd.to_numeric(row.get("bits/token"), errors="coerce")})
+        row.update({f"_{header}": float("nan") for header in values})
+        rows.append(row)
+    return rows
 
 
 def _group_key(group: pd.DataFrame, header: str) -> str:
