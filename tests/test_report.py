@@ -258,6 +258,10 @@ def test_more_runs_than_one_mlflow_page_are_all_read(tmp_path):
     assert len(runs) == total and sorted(runs["metrics.psnr"]) == [float(i) for i in range(total)]
     assert len(report.finished_runs(runs)) == total
     assert len(load_runs("big", uri, filter_string="metrics.psnr < 10")) == 10
+    # the whole command on them: every run in the table and in the per-run CSV
+    assert report.main(["--experiment", "big", "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    assert f"{total} finished job(s)." in (tmp_path / "out" / "big.md").read_text()
+    assert len(pd.read_csv(tmp_path / "out" / "big.runs.csv")) == total
 
 
 def test_rate_distortion_plots_are_written_for_the_measured_metrics_only(tmp_path):
