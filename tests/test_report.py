@@ -219,6 +219,14 @@ def test_caption_names_the_protocol_and_the_table_lists_each_runs_deviations_fro
     assert report.comparison_table(vq, formatted=False)["deviations"].tolist() == ["legacy_loss=False"]  # 1e-05 = 1e-5
     assert table["protocol"].tolist() == ["gq_paper", "gq_paper"]
     assert "Protocol gq_paper: as the GQ authors." in report.render("exp", frame).split("\n")
+    # what the runs trained and evaluated on, and how rFID was measured or why it was not
+    logged = frame.assign(**{"tags.data": "bundled", "params.data.image_size": "32", "params.train.max_steps": "400",
+                             "params.train.batch_size": "16", "tags.unavailable.rfid": "no Inception weights: offline"})
+    lines = report.render("exp", logged).split("\n")
+    assert "Data: bundled at 32 px; training: 400 steps at batch 16; evaluation: 16 validation images." in lines
+    assert "rFID: not measured (no Inception weights)." in lines
+    measured = logged.assign(**{"tags.protocol.rfid": "torch-fidelity 0.3 Inception; uint8", "tags.unavailable.rfid": None})
+    assert "rFID: torch-fidelity 0.3 Inception; uint8." in report.render("exp", measured).split("\n")
 
 
 def test_unavailable_metrics_show_as_na_with_their_label_and_measured_ones_as_numbers():

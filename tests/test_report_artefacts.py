@@ -162,3 +162,17 @@ def test_report_of_a_sweep_with_artefacts_is_logged_on_its_parent_and_regenerate
     assert report.main(["--from", str(out / "exp.runs.csv"), "--out", str(out)]) == 0
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".md", ".tex", ".csv")} == before
     capsys.readouterr()
+
+
+def test_the_committed_report_regenerates_byte_for_byte_from_its_csv(tmp_path, capsys):
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "reports" / "codebook_sizes"
+    assert report.main(["--from", str(committed / "codebook_sizes.runs.csv"), "--out", str(tmp_path), "--no-plots"]) == 0
+    for name in ("codebook_sizes.md", "codebook_sizes.tex", "codebook_sizes.csv"):
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
+    text = (committed / "codebook_sizes.md").read_text()
+    for section in ("## Paired differences against gq", "## Rate–distortion: Bjøntegaard deltas",
+                    "## How this compares with the paper", "n/a (no LPIPS-alex weights)", " ± ", "**"):
+        assert section in text, section
+    capsys.readouterr()

@@ -62,3 +62,14 @@ def test_a_broken_image_is_named_by_the_page_check(tmp_path):
     assert "<title>gqbench report: broken images missing-plot</title>" in dom.stdout
     page.write_text("<html><body><script>undefinedFunction();</script></body></html>")  # the console check sees errors
     assert any("Uncaught ReferenceError" in line for line in headless("--dump-dom", page.as_uri()).stderr.splitlines())
+
+
+def test_the_committed_report_page_opens_with_every_figure_in_a_browser(tmp_path):
+    committed = Path(__file__).resolve().parents[1] / "reports" / "codebook_sizes"
+    page = committed / "codebook_sizes.html"
+    figures = sorted(committed.glob("codebook_sizes-*.png"))
+    assert page.exists() and len(figures) >= 8, "reports/codebook_sizes/ lost its page or figures"
+    dom = headless("--dump-dom", page.as_uri())
+    assert f"<title>gqbench report: ok ({len(figures)} images)</title>" in dom.stdout
+    assert "Paired differences against gq" in dom.stdout and "How this compares with the paper" in dom.stdout
+    assert [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .. import metrics as M
 from .layout import Layout
 from .paired import PAIRED_NOTE, paired_table
 from .tables import COLUMNS, bjontegaard_table, finished_runs, summary_table, unfinished_jobs
@@ -24,13 +25,46 @@ SEEDS_NOTE = "Metrics: mean ± std (n − 1) over the row's seeds; bold: the bes
 
 
 def caption(runs: pd.DataFrame) -> list[str]:
-    """What each protocol in the table means (conf/protocol/) and what the deviations column lists."""
+    """What each protocol in the table means (conf/protocol/), what the runs trained and evaluated on, how rFID was
+    measured (or why not), and what the deviations column lists."""
     done = finished_runs(runs)
-    if "params.protocol.summary" not in done:
-        return []
-    lines = [f"Protocol {summary}." for summary in sorted(done["params.protocol.summary"].dropna().unique())]
-    return lines + ["deviations: the quantizer options a run set away from its method's official defaults "
-                    "(quantizers/<method>.py docstrings)."]
+    lines = []
+    if "params.protocol.summary" in done:
+        lines += [f"Protocol {summary}." for summary in sorted(done["params.protocol.summary"].dropna().unique())]
+    setting = _setting(done)
+    if setting:
+        lines.append(setting)
+    rfid = _values(done, "tags.protocol.rfid")
+    why_not = [str(v).split(":", 1)[0] for v in _values(done, f"tags.{M.UNAVAILABLE_TAG}{M.RFID}")]
+    if rfid:
+        lines.append("rFID: " + "; ".join(rfid) + ".")
+    elif why_not:
+        lines.append(f"rFID: not measured ({', '.join(why_not)}).")
+    if "params.protocol.summary" in done:
+        lines.append("deviations: the quantizer options a run set away from its method's official defaults "
+                     "(quantizers/<method>.py docstrings).")
+    return lines
+
+
+def _values(done: pd.DataFrame, column: str) -> list[str]:
+    return sorted(done[column].dropna().map(str).unique()) if column in done else []
+
+
+def _setting(done: pd.DataFrame) -> str:
+    """"Data: bundled at 64 px; training: 400 steps at batch 16; evaluation: 1783 validation images." (each part
+    only when the runs logged it; several values are listed)."""
+    parts = []
+    data, size = _values(done, "tags.data"), _values(done, "params.data.image_size")
+    if data:
+        parts.append(f"data: {', '.join(data)}" + (f" at {', '.join(size)} px" if size else ""))
+    steps, batch = _values(done, "params.train.max_steps"), _values(done, "params.train.batch_size")
+    if steps:
+        parts.append(f"training: {', '.join(steps)} steps" + (f" at batch {', '.join(batch)}" if batch else ""))
+    images = sorted({f"{v:.0f}" for v in done["metrics.eval_images"].dropna()}) if "metrics.eval_images" in done else []
+    if images:
+        parts.append(f"evaluation: {', '.join(images)} validation images")
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:] if parts else ""
 
 
 def render(experiment: str, runs: pd.DataFrame, layout: Layout | None = None, per_image: pd.DataFrame | None = None,
