@@ -170,3 +170,18 @@ def test_the_temporary_file_is_a_hidden_sibling_of_the_target(tmp_path):
     tmp = Path(seen[0])
     assert tmp.parent == tmp_path and tmp.name.startswith(".last.pt.") and tmp.name.endswith(".tmp")
     assert (tmp_path / "last.pt").read_bytes() == b"x" and not tmp.exists()
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would_give(tmp_path):
+    import os
+
+    from gqbench.checkpoint import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "table.md", lambda f: f.write(b"x"))
+        with open(tmp_path / "plain.md", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "table.md").stat().st_mode & 0o777 == (tmp_path / "plain.md").stat().st_mode & 0o777 == 0o644
