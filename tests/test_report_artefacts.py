@@ -76,6 +76,14 @@ def test_paired_table_finds_the_real_difference_and_not_the_noise():
     flipped = paired_table(runs, per_image, reference="better").set_index("method")
     assert interval(flipped.loc["gq", "ΔPSNR (dB)"])[0] == pytest.approx(-interval(table.loc["better", "ΔPSNR (dB)"])[0], abs=0.011)
     assert paired_table(runs, pd.DataFrame(), reference="gq").empty
+    # a variant of the reference method (an ablation) is compared with it, never used as the reference
+    variant = frame([{"run_id": "run9", "tags.signature": "run9", "start_time": 9, "params.quantizer.name": "gq",
+                      "params.quantizer.beta": "0.5", "params.seed": "0", "metrics.bits_per_token": 16.0}])
+    values = per_image[per_image["run_id"] == "run0"].assign(run_id="run9", psnr=lambda t: t["psnr"] - 2.0)
+    table = paired_table(pd.concat([runs, variant], ignore_index=True), pd.concat([per_image, values]),
+                         reference="gq").set_index("method")
+    assert sorted(table.index) == ["better", "gq (beta=0.5)", "same"] and set(table["vs"]) == {"gq"}
+    assert interval(table.loc["gq (beta=0.5)", "ΔPSNR (dB)"])[0] == pytest.approx(-2.0, abs=0.2)
 
 
 def test_report_block_picks_columns_rows_bold_groups_and_reference():
@@ -91,7 +99,8 @@ def test_report_block_picks_columns_rows_bold_groups_and_reference():
     assert not table["PSNR↑"].str.startswith("**").any()  # a group per method: nobody to be better than
     by_rate = report.summary_table(runs, layout=Layout(columns=("PSNR↑",))).set_index("method")["PSNR↑"]
     assert by_rate.str.startswith("**").tolist() == [True, False, False, False]  # better, gq, lonely (alone at 8), same
-    assert "## Paired differences against same" in report.render("exp", runs, per_image=scene()[1])
+    paired = paired_table(runs, scene()[1], layout.reference)
+    assert "## Paired differences against same" in report.render("exp", runs, layout, paired)
     with pytest.raises(ValueError, match=r"report.columns: \['psnrr'\] not known; choose from \['effective_bits_per_token', 'psnr'"):
         Layout.from_block({"columns": ["psnrr"]})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['colums'\]"):

@@ -1,6 +1,7 @@
 """The distribution of the per-group KL (bits) over every evaluated token and group, for methods with a Gaussian
 posterior (GQ, TokenBridge): a fixed-bin histogram (BIN_BITS wide, from 0 to the last bin that holds the target
-band plus BAND_MARGIN_BITS; larger values land in the last bin) with the TDC target and dead band beside it.
+band plus BAND_MARGIN_BITS; larger values land in the last bin, non-finite ones nowhere) with the TDC target and
+dead band beside it.
 
 The mean and in-band fraction are already scalars (q_bits_*); the histogram shows what they hide — a bimodal
 split between dead and overfull groups looks the same in the mean. It is a per-run artefact (kl_bits.csv) that the
@@ -36,7 +37,8 @@ class KlDistribution(Metric):
         bits = batch.out.quant.group_bits
         if bits is None:
             return
-        bins = torch.bucketize(bits.detach().double().flatten().cpu(), self.edges[1:-1], right=True)
+        values = bits.detach().double().flatten().cpu()
+        bins = torch.bucketize(values[torch.isfinite(values)], self.edges[1:-1], right=True)
         self.counts += torch.bincount(bins, minlength=len(self.counts))
 
     def state(self) -> torch.Tensor:

@@ -40,17 +40,23 @@ class Artefacts:
     TABLES = ("per_image", "kl", "history")
 
     def save(self, out: Path, name: str) -> list[Path]:
-        """Write every non-empty part beside the report (atomically); returns the files."""
+        """Write every non-empty part beside the report (atomically) and remove what an earlier report of this name
+        left there that this one does not have (--from would read it back); returns the files written."""
         written = []
         for part in self.TABLES:
-            table = getattr(self, part)
+            table, path = getattr(self, part), out / f"{name}.{part}.csv"
             if len(table):
-                path = out / f"{name}.{part}.csv"
                 text = table.to_csv(index=False).encode()
                 atomic_write_bytes(path, lambda f, t=text: f.write(t))
                 written.append(path)
+            else:
+                path.unlink(missing_ok=True)
+        grids = out / f"{name}.grids"
+        for stale in sorted(grids.glob("*.png")) if grids.is_dir() else []:
+            if stale.stem not in self.grids:
+                stale.unlink()
         for run_id, png in sorted(self.grids.items()):
-            path = out / f"{name}.grids" / f"{run_id}.png"
+            path = grids / f"{run_id}.png"
             atomic_write_bytes(path, lambda f, p=png: f.write(p))
             written.append(path)
         return written
@@ -91,7 +97,7 @@ def fetch(runs: pd.DataFrame, tracking_uri: str) -> Artefacts:
                 logged |= {a.path for a in client.list_artifacts(run_id, EVALUATION_FOLDER)}
 
             def local(filename: str) -> Path | None:
-                for path in (filename, f"{EVALUATION_FOLDER}/{filename}"):
+                for path in (f"{EVALUATION_FOLDER}/{filename}", filename):  # a later evaluation's copy first
                     if path in logged:
                         return Path(client.download_artifacts(run_id, path, str(Path(scratch) / run_id)))
                 return None

@@ -15,8 +15,9 @@ from .html import render_html
 from .layout import Layout
 from .load import load_runs, read_runs_csv
 from .markdown import render, render_latex
+from .paired import paired_table
 from .plots import rate_distortion_plots
-from .tables import comparison_table
+from .tables import chronological, comparison_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         raise SystemExit(f"the sweep's report: block is not valid: {exc}") from None
 
-    text = render(name, runs, layout, artefacts.per_image, artefacts.commentary)
+    paired = paired_table(runs, artefacts.per_image, layout.reference)
+    text = render(name, runs, layout, paired, artefacts.commentary)
     written = {
         f"{name}.md": text.encode(),
-        f"{name}.tex": render_latex(name, runs, layout, artefacts.per_image).encode(),
+        f"{name}.tex": render_latex(name, runs, layout, paired).encode(),
         f"{name}.csv": comparison_table(runs, formatted=False).to_csv(index=False).encode(),
-        f"{name}.runs.csv": runs.sort_values("start_time").to_csv(index=False).encode(),
+        f"{name}.runs.csv": chronological(runs).to_csv(index=False).encode(),
     }
     regenerating_in_place = bool(args.from_csv) and Path(args.from_csv).resolve() == (out / f"{name}.runs.csv").resolve()
     if regenerating_in_place:
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         files += artefacts.save(out, name)
     figures = [] if args.no_plots else (rate_distortion_plots(runs, out, name)
                                         + diagnostic_plots(runs, artefacts, out, name))
-    page = render_html(name, runs, figures, layout, artefacts.per_image, artefacts.commentary).encode()
+    page = render_html(name, runs, figures, layout, paired, artefacts.commentary).encode()
     atomic_write_bytes(out / f"{name}.html", lambda f: f.write(page))
     files += figures + [out / f"{name}.html"]
     print(text)

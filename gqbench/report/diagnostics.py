@@ -29,7 +29,7 @@ def run_labels(runs: pd.DataFrame) -> pd.DataFrame:
     labels = pd.DataFrame({
         "method": raw["method"].map(str),
         "rate": pd.to_numeric(raw["bits/token"], errors="coerce").round(),
-        "seed": pd.to_numeric(raw["seed"], errors="coerce").fillna(0).astype(int) if "seed" in raw else 0,
+        "seed": pd.to_numeric(raw["seed"], errors="coerce").fillna(0).astype(int),
         "image_size": pd.to_numeric(done.get("params.data.image_size"), errors="coerce"),
     })
     labels.index = done["run_id"].to_numpy()
@@ -56,17 +56,20 @@ def kl_band_plot(kl: pd.DataFrame, labels: pd.DataFrame, out: Path, name: str) -
     for ax, (target, tolerance) in zip(axes[0], targets):
         mine = kl[(kl["target_bits"] == target) & (kl["tolerance_bits"] == tolerance)]
         for run_id, hist in sorted(mine.groupby("run_id"), key=lambda item: _order(labels, item[0])):
-            width = (hist["bin_hi"] - hist["bin_lo"]).to_numpy()
-            density = hist["count"].to_numpy() / max(hist["count"].sum(), 1) / width
+            hist = hist.sort_values("bin_lo")
+            total = max(hist["count"].sum(), 1)
+            inside, overflow = hist.iloc[:-1], hist["count"].iloc[-1] / total  # the last bin is open-ended
+            density = inside["count"].to_numpy() / total / (inside["bin_hi"] - inside["bin_lo"]).to_numpy()
             label = labels.loc[run_id]
-            ax.stairs(density, np.append(hist["bin_lo"].to_numpy(), hist["bin_hi"].iloc[-1]),
-                      label=f"{label['method']} {label['rate']:.0f} bits, seed {label['seed']}")
+            ax.stairs(density, np.append(inside["bin_lo"].to_numpy(), inside["bin_hi"].iloc[-1]),
+                      label=f"{label['method']} {label['rate']:.0f} bits, seed {label['seed']} "
+                            f"({overflow:.1%} above {inside['bin_hi'].iloc[-1]:g})")
         ax.axvspan(target - tolerance, target + tolerance, color="tab:green", alpha=0.15, label="TDC band")
         ax.axvline(target, color="tab:green", linewidth=1)
         ax.set_xlabel("KL per group (bits)")
         ax.set_ylabel("density over tokens × groups")
         ax.set_title(f"target log2 K = {target:g} ± {tolerance:g} bits")
-        ax.set_xlim(0, target + tolerance + 4)
+        ax.set_xlim(0, mine["bin_lo"].max())
         ax.legend(fontsize="x-small")
     figure.suptitle(f"{name}: per-group KL on validation")
     return save_figure(figure, out / f"{name}-kl-band")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from .layout import Layout
-from .markdown import BD_NOTE, METRIC_NOTE, SEEDS_NOTE, caption
-from .paired import PAIRED_NOTE, paired_table
+from .markdown import BD_NOTE, METRIC_NOTE, caption, seeds_note
+from .paired import PAIRED_NOTE
 from .tables import bjontegaard_table, finished_runs, summary_table, unfinished_jobs
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}
@@ -30,8 +30,9 @@ SELF_CHECK = """window.addEventListener('load', () => {
 
 
 def _table(frame: pd.DataFrame) -> str:
-    cells = frame.map(lambda v: html.escape(str(v)).replace("**", ""))
-    bold = frame.map(lambda v: str(v).startswith("**"))
+    bold = frame.map(lambda v: str(v).startswith("**") and str(v).endswith("**") and len(str(v)) > 4)
+    cells = frame.map(lambda v: html.escape(str(v)[2:-2] if str(v).startswith("**") and str(v).endswith("**")
+                                            and len(str(v)) > 4 else str(v)))
     rows = ["<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns) + "</tr>"]
     for i in range(len(frame)):
         rows.append("<tr>" + "".join(f"<td><b>{cells.iat[i, j]}</b></td>" if bold.iat[i, j] else f"<td>{cells.iat[i, j]}</td>"
@@ -40,15 +41,14 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def render_html(name: str, runs: pd.DataFrame, images: list[Path], layout: Layout | None = None,
-                per_image: pd.DataFrame | None = None, commentary: str = "") -> str:
+                paired: pd.DataFrame | None = None, commentary: str = "") -> str:
     layout = layout or Layout.from_runs(runs)
     parts = [f"<h1>{html.escape(name)}</h1>", f"<p>{len(finished_runs(runs))} finished job(s).</p>"]
     parts += [f"<p class='note'>{html.escape(line)}</p>" for line in caption(runs)]
     table = summary_table(runs, layout=layout)
     if len(table):
-        parts += [_table(table), f"<p class='note'>{html.escape(SEEDS_NOTE)}</p>"]
-    paired = paired_table(runs, per_image if per_image is not None else pd.DataFrame(), layout.reference)
-    if len(paired):
+        parts += [_table(table), f"<p class='note'>{html.escape(seeds_note(layout))}</p>"]
+    if paired is not None and len(paired):
         parts += [f"<h2>Paired differences against {html.escape(layout.reference)}</h2>", _table(paired),
                   f"<p class='note'>{html.escape(PAIRED_NOTE)}</p>"]
     deltas = bjontegaard_table(runs, layout.reference)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .tables import COLUMNS, CONFIGURATION
+from .tables import COLUMNS, CONFIGURATION, chronological
 
 DEFAULT_GROUP_BY = ("bits/token",)
 DEFAULT_REFERENCE = "gq"
@@ -65,7 +65,7 @@ class Layout:
         keys = [c for c in runs.columns if c.startswith("params.report.")]
         if not keys or runs.empty:
             return cls()
-        logged = runs.sort_values("start_time")[keys].dropna(how="all")
+        logged = chronological(runs).reset_index(drop=True)[keys].dropna(how="all")  # index = age rank
         if logged.empty:
             return cls()
         text = logged.apply(lambda row: json.dumps({k: row[k] for k in keys}, default=str), axis=1)

@@ -59,8 +59,9 @@ def read_runs_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise SystemExit(f"--from {path}: no such file; give the runs.csv a report wrote")
+    # only an empty cell is missing: MLflow logs a null param as the text "None", which must stay that text
     runs = pd.read_csv(path, dtype={c: str for c in pd.read_csv(path, nrows=0).columns if c.startswith(("params.", "tags."))},
-                       float_precision="round_trip")
+                       keep_default_na=False, na_values=[""], float_precision="round_trip")
     if "status" not in runs:
         raise SystemExit(f"--from {path}: not a per-run CSV (no 'status' column); give the runs.csv a report wrote")
     runs["start_time"] = pd.to_datetime(runs["start_time"], utc=True, format="ISO8601")

@@ -7,7 +7,7 @@ import pandas as pd
 
 from .. import metrics as M
 from .layout import Layout
-from .paired import PAIRED_NOTE, paired_table
+from .paired import PAIRED_NOTE
 from .tables import COLUMNS, bjontegaard_table, finished_runs, summary_table, unfinished_jobs
 
 METRIC_NOTE = ("PSNR/SSIM: per image on the 0–255 scale, mean over validation images; LPIPS: AlexNet unless the run "
@@ -67,10 +67,10 @@ def _setting(done: pd.DataFrame) -> str:
     return text[0].upper() + text[1:] if parts else ""
 
 
-def render(experiment: str, runs: pd.DataFrame, layout: Layout | None = None, per_image: pd.DataFrame | None = None,
+def render(experiment: str, runs: pd.DataFrame, layout: Layout | None = None, paired: pd.DataFrame | None = None,
            commentary: str = "") -> str:
-    """The Markdown report; `per_image` (gqbench.report.artefacts) adds the paired table, `commentary` a paragraph
-    of the author's after the tables (the committed reports' comparison with the paper)."""
+    """The Markdown report; `paired` (gqbench.report.paired.paired_table) adds the paired table, `commentary` a
+    paragraph of the author's after the tables (the committed reports' comparison with the paper)."""
     layout = layout or Layout.from_runs(runs)
     table = summary_table(runs, layout=layout)
     jobs = len(finished_runs(runs))
@@ -81,36 +81,45 @@ def render(experiment: str, runs: pd.DataFrame, layout: Layout | None = None, pe
         formats = {header: fmt for _, header, fmt in COLUMNS} | {"seeds": "{}"}
         # the cells are already formatted: tabulate must not re-parse "25.00" as 25 (it drops the digits)
         align = ["right" if formats.get(h) else "left" for h in table.columns]  # numbers right-aligned
-        lines += [table.to_markdown(index=False, disable_numparse=True, colalign=align), "", SEEDS_NOTE, ""]
-    paired = paired_table(runs, per_image if per_image is not None else pd.DataFrame(), layout.reference)
-    if len(paired):
-        lines += [f"## Paired differences against {layout.reference}", "",
-                  paired.to_markdown(index=False, disable_numparse=True), "", PAIRED_NOTE, ""]
+        lines += [_markdown(table, colalign=align), "", seeds_note(layout), ""]
+    if paired is not None and len(paired):
+        lines += [f"## Paired differences against {layout.reference}", "", _markdown(paired), "", PAIRED_NOTE, ""]
     deltas = bjontegaard_table(runs, layout.reference)
     if len(deltas):
-        lines += ["## Rate–distortion: Bjøntegaard deltas", "", deltas.to_markdown(index=False, disable_numparse=True),
-                  "", BD_NOTE, ""]
+        lines += ["## Rate–distortion: Bjøntegaard deltas", "", _markdown(deltas), "", BD_NOTE, ""]
     if commentary:
         lines += ["## How this compares with the paper", "", commentary.strip(), ""]
     failed = unfinished_jobs(runs)
     if len(failed):
-        lines += [f"## Failed or interrupted jobs ({len(failed)})", "", failed.to_markdown(index=False), ""]
+        lines += [f"## Failed or interrupted jobs ({len(failed)})", "", _markdown(failed), ""]
     lines += [METRIC_NOTE, ""]
     return "\n".join(lines)
 
 
+def _markdown(frame: pd.DataFrame, **options) -> str:
+    """A pipe table of already formatted cells: tabulate must not re-parse "25.00" as 25 (it drops the digits), and
+    a "|" inside a cell (an error message) must not split it."""
+    cells = frame.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
+    return cells.to_markdown(index=False, disable_numparse=True, **options)
+
+
+def seeds_note(layout: Layout) -> str:
+    if tuple(layout.group_by) == ("bits/token",):
+        return SEEDS_NOTE
+    return SEEDS_NOTE.replace("at that bits/token", "within its " + " × ".join(layout.group_by) + " group")
+
+
 def render_latex(experiment: str, runs: pd.DataFrame, layout: Layout | None = None,
-                 per_image: pd.DataFrame | None = None) -> str:
+                 paired: pd.DataFrame | None = None) -> str:
     """Booktabs table environments: the summary (caption: protocol, seeds, bold; label tab:<experiment>), then the
     paired differences (tab:<experiment>-paired) and the Bjøntegaard deltas (tab:<experiment>-bd) when there are."""
     layout = layout or Layout.from_runs(runs)
     table = summary_table(runs, bold="\\textbf{{{}}}", layout=layout)
     if table.empty:
         return f"% {experiment}: no finished job\n"
-    text = " ".join(caption(runs) + [SEEDS_NOTE])
+    text = " ".join(caption(runs) + [seeds_note(layout)])
     parts = [_latex_table(table, f"{experiment}: {text}", f"tab:{experiment}")]
-    paired = paired_table(runs, per_image if per_image is not None else pd.DataFrame(), layout.reference)
-    if len(paired):
+    if paired is not None and len(paired):
         parts.append(_latex_table(paired, f"{experiment}: {PAIRED_NOTE}", f"tab:{experiment}-paired"))
     deltas = bjontegaard_table(runs, layout.reference)
     if len(deltas):

@@ -34,8 +34,9 @@ def mean_with_interval(differences: np.ndarray) -> tuple[float, float, float]:
     mean = float(d.mean())
     if np.ptp(d) == 0.0:  # every image differs by the same amount: no spread to resample (BCa is undefined)
         return mean, mean, mean
+    # batch bounds memory (BCa's jackknife is n × (n − 1) values at once without it)
     result = bootstrap((d,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="BCa",
-                       rng=np.random.default_rng(SEED))
+                       batch=256, rng=np.random.default_rng(SEED))
     return mean, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -60,26 +61,35 @@ def paired_table(runs: pd.DataFrame, per_image: pd.DataFrame, reference: str = "
     context = [c for c in CONTEXT if c in runs_of and runs_of[c].nunique() > 1]
     shown_context = [c for c in context if c != "eval images"]
     unavailable = _unavailable_labels(runs)
-    metrics = [(key, header, fmt) for key, header, fmt in PAIRED if key in per_image or key in unavailable]
+    metrics = [(key, header, fmt) for key, header, fmt in PAIRED
+               if key in per_image or any(key in labels for labels in unavailable.values())]
     rows = []
     for where, group in runs_of.groupby([c for c in CONTEXT if c in runs_of] + ["rate"], sort=True):
         references = group[group["method"] == reference]
+        if (references["deviations"] == "").any():  # the reference as its authors run it; its variants are tested
+            references = references[references["deviations"] == ""]
         if references.empty:
             continue
+        several = references["configuration"].nunique() > 1
         for ref_config, ref_runs in references.groupby("configuration", sort=True):
             ref_values = _per_image_means(per_image, ref_runs["run_id"])
-            for config, test_runs in group[group["method"] != reference].groupby("configuration", sort=True):
+            vs = reference + (f" ({_code_size(ref_runs.iloc[0])})" if several else "")
+            for config, test_runs in group[~group["configuration"].isin(references["configuration"])].groupby(
+                    "configuration", sort=True):
                 first = test_runs.iloc[0]
                 row = {c: first[c] for c in shown_context}
                 row.update({"method": first["method"] + (f" ({first['deviations']})" if first["deviations"] else ""),
-                            "bits/token": f"{first['bits/token']:.4g}", "vs": reference})
+                            "bits/token": f"{first['bits/token']:.4g}", "vs": vs})
                 test_values = _per_image_means(per_image, test_runs["run_id"])
                 row["seeds"] = f"{test_values.attrs['seeds']} vs {ref_values.attrs['seeds']}"
                 both = test_values.add_suffix("_test").join(ref_values.add_suffix("_ref"), how="inner")
                 row["images"] = str(len(both))
                 for key, header, fmt in metrics:
-                    if f"{key}_test" not in both or f"{key}_ref" not in both:
-                        row[header] = f"n/a ({unavailable.get(key, 'not measured on both sides')})"
+                    missing = [runs for side, runs, values in (("test", test_runs, test_values), ("ref", ref_runs, ref_values))
+                               if key not in values or values[key].isna().all()]
+                    if missing:
+                        why = {unavailable.get(run_id, {}).get(key) for side in missing for run_id in side["run_id"]}
+                        row[header] = f"n/a ({', '.join(sorted(w for w in why if w)) or 'not measured'})"
                         continue
                     pair = both[[f"{key}_test", f"{key}_ref"]].dropna()
                     if len(pair) < 2:
@@ -91,13 +101,22 @@ def paired_table(runs: pd.DataFrame, per_image: pd.DataFrame, reference: str = "
     return pd.DataFrame(rows)
 
 
-def _unavailable_labels(runs: pd.DataFrame) -> dict[str, str]:
-    """metric -> the label of why some run could not compute it (its unavailable.<metric> tag)."""
-    labels = {}
+def _code_size(run: pd.Series) -> str:
+    """"K 256, m 8, 2 groups, 400 steps": what tells two configurations of one method apart."""
+    parts = [f"{name} {float(run[column]):.0f}" for column, name in (("K", "K"), ("m", "m"), ("groups", "groups"),
+                                                                     ("steps", "steps"))
+             if column in run and pd.notna(pd.to_numeric(run[column], errors="coerce"))]
+    return ", ".join(parts) or "configuration"
+
+
+def _unavailable_labels(runs: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """run_id -> metric -> the label of why that run could not compute it (its unavailable.<metric> tag)."""
+    labels: dict[str, dict[str, str]] = {}
     for key, _, _ in PAIRED:
         tag = f"tags.{M.UNAVAILABLE_TAG}{key}"
-        if tag in runs and runs[tag].notna().any():
-            labels[key] = str(runs[tag].dropna().iloc[0]).split(":", 1)[0]
+        if tag in runs and "run_id" in runs:
+            for run_id, why in runs[["run_id", tag]].dropna().itertuples(index=False):
+                labels.setdefault(run_id, {})[key] = str(why).split(":", 1)[0]
     return labels
 
 

@@ -54,7 +54,10 @@ def deviations(runs: pd.DataFrame) -> pd.Series:
             text = row.get(f"params.quantizer.{key}")
             if key in NOT_SETTINGS or not isinstance(text, str):
                 continue
-            value = None if text == "None" else yaml.safe_load(text)
+            try:
+                value = None if text == "None" else yaml.safe_load(text)
+            except yaml.YAMLError:  # MLflow truncates long params: compare the text as it is
+                value = text
             if isinstance(value, str):  # YAML 1.1 reads "1e-05" (no dot) as a string
                 try:
                     value = float(value)
@@ -75,13 +78,23 @@ def not_available(done: pd.DataFrame, column: str) -> pd.Series:
     return done[tag].map(lambda why: f"n/a ({str(why).split(':', 1)[0]})" if isinstance(why, str) else None)
 
 
+def chronological(runs: pd.DataFrame) -> pd.DataFrame:
+    """Oldest first; runs that started in the same millisecond by run id: the same order however they were read
+    (MLflow returns newest first, a saved CSV oldest first)."""
+    keys = [c for c in ("start_time", "run_id") if c in runs]
+    return runs.sort_values(keys, kind="stable") if keys else runs
+
+
 def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """FINISHED runs, newest per (signature, eval settings): a re-evaluation replaces the row it repeats."""
-    done = runs[runs["status"] == "FINISHED"].sort_values("start_time")
-    if "tags.signature" not in done:  # runs not logged by gqbench jobs: nothing says two rows are one job
+    """FINISHED runs, newest per (signature, eval settings): a re-evaluation replaces the row it repeats. Runs
+    without a signature (not logged by a gqbench job) are never merged."""
+    done = chronological(runs[runs["status"] == "FINISHED"])
+    if "tags.signature" not in done:
         return done
     keys = [c for c in ("tags.signature", "metrics.eval_images") if c in done]
-    return done.drop_duplicates(keys, keep="last")
+    signed = done["tags.signature"].notna()
+    kept = done[signed].drop_duplicates(keys, keep="last")
+    return chronological(pd.concat([kept, done[~signed]])) if (~signed).any() else kept
 
 
 def comparison_table(runs: pd.DataFrame, formatted: bool = True) -> pd.DataFrame:
@@ -101,14 +114,12 @@ def comparison_table(runs: pd.DataFrame, formatted: bool = True) -> pd.DataFrame
 def unfinished_jobs(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs that did not finish (failed, killed, or still RUNNING after a hard kill) and whose job has no
     finished run: these are the holes in the table."""
-    finished = set(runs.loc[runs["status"] == "FINISHED", "tags.signature"]) if "tags.signature" in runs else set()
+    finished = set(runs.loc[runs["status"] == "FINISHED", "tags.signature"].dropna()) if "tags.signature" in runs else set()
     bad = runs[runs["status"] != "FINISHED"]
     if "tags.signature" in bad:
         bad = bad[~bad["tags.signature"].isin(finished)]
     cols = {"tags.mlflow.runName": "run", "status": "status", "tags.error": "error"}
     return pd.DataFrame({v: bad[k] if k in bad else None for k, v in cols.items()}, index=bad.index)
-
-
 
 
 # the columns that say which configuration a row is; rows equal in all of them differ only by seed
@@ -144,6 +155,8 @@ def summary_table(runs: pd.DataFrame, bold: str = "**{}**", layout=None) -> pd.D
         row = {k: first[k] for k in keys}
         seeds = group["seed"].dropna() if "seed" in group else pd.Series(dtype=object)
         row["seeds"] = str(seeds.nunique() if len(seeds) else len(group))
+        if len(seeds) and len(group) > seeds.nunique():  # same configuration and seed, different hidden settings
+            row["seeds"] += f" ({len(group)} runs)"
         row["_group"] = "|".join(_group_key(group, header) for header in layout.group_by)
         row["_order"] = pd.to_numeric(group["bits/token"], errors="coerce").iloc[0] if "bits/token" in group else float("nan")
         for header in values:
@@ -188,15 +201,16 @@ def _holes(runs: pd.DataFrame, keys: list[str], values: list[str]) -> list[dict]
     """A row, in place in the table, for each job without a finished run (the newest attempt's configuration):
     the first metric cell says what happened ("failed: FloatingPointError: the training loss became nan ..."),
     the other cells "–"; never bold, 0 seeds."""
-    bad = runs.loc[unfinished_jobs(runs).index].sort_values("start_time")
+    bad = chronological(runs.loc[unfinished_jobs(runs).index])
     if "tags.signature" in bad:
-        bad = bad.drop_duplicates("tags.signature", keep="last")
+        signed = bad["tags.signature"].notna()
+        bad = pd.concat([bad[signed].drop_duplicates("tags.signature", keep="last"), bad[~signed]])
     formats = {header: fmt for _, header, fmt in COLUMNS}
     rows = []
     for _, run in bad.iterrows():
         row = {k: "–" if formats.get(k) else "" for k in keys}  # as a finished row shows what it lacks
         for header, column in HOLE_COLUMNS.items():
-            if header in row and isinstance(run.get(column), str):
+            if header in row and isinstance(run.get(column), str) and run[column] != "None":
                 row[header] = run[column]
         error = run.get("tags.error")
         what = HOLE_STATUS.get(str(run["status"]), str(run["status"]).lower())
@@ -225,9 +239,10 @@ def _group_key(group: pd.DataFrame, header: str) -> str:
 
 
 def bjontegaard_table(runs: pd.DataFrame, reference: str = "gq") -> pd.DataFrame:
-    """BD-PSNR (dB) and BD-rate of every method's rate–PSNR curve against `reference`'s, per protocol and backbone:
-    the curve is the seed-mean PSNR at each bits/token (gqbench/report/bjontegaard.py). Empty when no method has
-    two rates or the reference is missing."""
+    """BD-PSNR (dB) and BD-rate of every method's rate–PSNR curve against `reference`'s (run as its authors' code
+    does, when there is such a curve), per protocol, backbone, training length and evaluated images: a curve is
+    the seed-mean PSNR at each bits/token of one method and deviations (gqbench/report/bjontegaard.py). Empty when
+    no method has two rates or the reference is missing."""
     from .bjontegaard import bd_psnr, bd_rate
 
     raw = comparison_table(runs, formatted=False)
@@ -236,20 +251,25 @@ def bjontegaard_table(runs: pd.DataFrame, reference: str = "gq") -> pd.DataFrame
         return pd.DataFrame()
     raw = raw.assign(**{"bits/token": pd.to_numeric(raw["bits/token"], errors="coerce"),
                         "PSNR↑": pd.to_numeric(raw["PSNR↑"], errors="coerce")}).dropna(subset=["bits/token", "PSNR↑"])
-    context = [c for c in ("protocol", "backbone") if c in raw]
-    raw[context] = raw[context].apply(lambda column: column.map(str))  # astype(str) keeps None missing (pandas 3)
-    curves = raw.groupby(context + ["method", "bits/token"], sort=True)["PSNR↑"].mean().reset_index()
+    # one curve per method and deviations, within the same protocol, backbone, training length and evaluated images
+    context = [c for c in ("protocol", "backbone", "steps", "eval images") if c in raw]
+    labels = context + ["deviations"]
+    raw[labels] = raw[labels].apply(lambda column: column.map(lambda v: "" if v is None or v != v else str(v)))
+    curves = raw.groupby(context + ["method", "deviations", "bits/token"], sort=True)["PSNR↑"].mean().reset_index()
+    shown = [c for c in context if c in ("protocol", "backbone") or raw[c].nunique() > 1]
     rows = []
     for where, group in curves.groupby(context, sort=True) if context else [((), curves)]:
-        by_method = {m: g for m, g in group.groupby("method")}
-        ref = by_method.get(reference)
+        by_curve = {key: g for key, g in group.groupby(["method", "deviations"], sort=True)}
+        ref_key = (reference, "") if (reference, "") in by_curve else next((k for k in by_curve if k[0] == reference), None)
+        ref = by_curve.get(ref_key)
         if ref is None or len(ref) < 2:
             continue
-        for method, curve in sorted(by_method.items()):
-            if method == reference or len(curve) < 2:
+        for (method, changed), curve in by_curve.items():
+            if (method, changed) == ref_key or len(curve) < 2:
                 continue
-            row = dict(zip(context, where if isinstance(where, tuple) else (where,)))
-            row.update({"method": method, "vs": reference, "rates": ", ".join(f"{b:.4g}" for b in curve["bits/token"])})
+            row = {c: v for c, v in zip(context, where if isinstance(where, tuple) else (where,)) if c in shown}
+            row.update({"method": method + (f" ({changed})" if changed else ""), "vs": reference,
+                        "rates": ", ".join(f"{b:.4g}" for b in curve["bits/token"])})
             try:
                 row["BD-PSNR (dB)"] = f"{bd_psnr(ref['bits/token'], ref['PSNR↑'], curve['bits/token'], curve['PSNR↑']):+.2f}"
             except ValueError as why:
