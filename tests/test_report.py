@@ -284,3 +284,14 @@ def test_rate_distortion_plots_are_written_for_the_measured_metrics_only(tmp_pat
     assert names == ["exp-rd-effective_bits.pdf", "exp-rd-effective_bits.png", "exp-rd-psnr.pdf", "exp-rd-psnr.png"]
     for f in files:  # real images: PNG / PDF signatures and more than a header
         assert f.read_bytes()[:4] in (b"\x89PNG", b"%PDF") and f.stat().st_size > 2000
+
+
+def test_a_pipe_in_an_error_does_not_split_its_markdown_cell():
+    frame = runs_frame([{"tags.signature": "A", "status": "FINISHED", "start_time": 1, "metrics.psnr": 25.0},
+                        {"tags.signature": "B", "status": "FAILED", "start_time": 2, "tags.mlflow.runName": "b",
+                         "tags.error": "TypeError: unsupported operand type(s) for |: 'int' and 'str'"}])
+    lines = report.render("exp", frame).split("\n")
+    failed = next(line for line in lines if line.startswith("| b "))
+    assert failed.count(" | ") == 2 and "for \\|: 'int'" in failed  # run | status | error: three cells
+    hole = next(line for line in lines if "failed: TypeError" in line)
+    assert hole.count("\\|") == 1
