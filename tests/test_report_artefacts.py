@@ -152,11 +152,11 @@ def test_report_of_a_sweep_with_artefacts_is_logged_on_its_parent_and_regenerate
     for figure in ("exp-kl-band", "exp-reconstructions-16bits", "exp-training-loss"):
         for suffix in (".png", ".pdf"):
             assert (out / f"{figure}{suffix}").stat().st_size > 2000, figure
-    saved = pd.read_csv(out / "exp.per_image.csv")
+    saved = pd.read_csv(out / "exp.per_image.csv.gz")
     job_ids = {r.info.run_id for r in client.search_runs([exp]) if r.info.run_id != parent}
     assert len(saved) == len(per_image) and set(saved["run_id"]) == job_ids
     logged = {a.path for a in client.list_artifacts(parent, "report/exp")}
-    assert {"report/exp/exp.md", "report/exp/exp.tex", "report/exp/exp.html", "report/exp/exp.per_image.csv",
+    assert {"report/exp/exp.md", "report/exp/exp.tex", "report/exp/exp.html", "report/exp/exp.per_image.csv.gz",
             "report/exp/exp-kl-band.png", "report/exp/exp.grids"} <= logged
     tex = (out / "exp.tex").read_text()
     assert tex.count("\\begin{table}") == 2 and "label{tab:exp-paired}" in tex  # summary + paired (one rate: no BD)

@@ -5,7 +5,7 @@ From MLflow they are the artefacts every finished job logs (gqbench/jobdir.py: p
 reconstructions.png; a later standalone evaluation's copies under evaluation/) and the history of HISTORY_KEYS.
 A report saves them beside its per-run CSV, so `--from <name>.runs.csv` needs no MLflow and no model:
 
-    <name>.per_image.csv   run_id, image, psnr, ssim[, lpips, ...]   (values written exactly: repr floats)
+    <name>.per_image.csv.gz  run_id, image, psnr, ssim[, lpips, ...]  (exact repr floats; gzip without a timestamp)
     <name>.kl.csv          run_id, bin_lo, bin_hi, count, target_bits, tolerance_bits
     <name>.history.csv     run_id, key, step, value
     <name>.grids/<run_id>.png
@@ -15,6 +15,7 @@ and, written by a person rather than the report, <name>.commentary.md: a paragra
 """
 from __future__ import annotations
 
+import gzip
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,15 +39,22 @@ class Artefacts:
     commentary: str = ""
 
     TABLES = ("per_image", "kl", "history")
+    COMPRESSED = {"per_image"}  # a row per image and run: megabytes as plain text
+
+    @classmethod
+    def filename(cls, name: str, part: str) -> str:
+        return f"{name}.{part}.csv" + (".gz" if part in cls.COMPRESSED else "")
 
     def save(self, out: Path, name: str) -> list[Path]:
         """Write every non-empty part beside the report (atomically) and remove what an earlier report of this name
         left there that this one does not have (--from would read it back); returns the files written."""
         written = []
         for part in self.TABLES:
-            table, path = getattr(self, part), out / f"{name}.{part}.csv"
+            table, path = getattr(self, part), out / self.filename(name, part)
             if len(table):
                 text = table.to_csv(index=False).encode()
+                if part in self.COMPRESSED:
+                    text = gzip.compress(text, mtime=0)  # the same table gives the same bytes
                 atomic_write_bytes(path, lambda f, t=text: f.write(t))
                 written.append(path)
             else:
@@ -68,8 +76,8 @@ class Artefacts:
         stem = runs_csv.name.removesuffix(".runs.csv").removesuffix(".csv")
         found = cls()
         for part in cls.TABLES:
-            path = runs_csv.with_name(f"{stem}.{part}.csv")
-            if path.exists():
+            path = runs_csv.with_name(cls.filename(stem, part))
+            if path.exists():  # pandas reads .gz by its name
                 setattr(found, part, pd.read_csv(path, dtype={"run_id": str}, float_precision="round_trip"))
         grids = runs_csv.with_name(f"{stem}.grids")
         if grids.is_dir():
