@@ -160,13 +160,15 @@ def test_rendered_markdown_is_exactly_the_table_the_failures_and_the_note():
         "tags.mlflow.runName"]]
     dash = "–"
     headers = [h for _, h, _ in report.COLUMNS if h != "seed"] + ["seeds"]  # one row per configuration, seeds counted
+    # descriptive columns with one value in every row are said once above the table (empty ones: not at all)
+    headers = [h for h in headers if h not in ("protocol", "deviations", "backbone", "steps", "eval images")]
     cells = ["gq"] + [dash] * (headers.index("PSNR↑") - 1) + ["25.00"] + [dash] * (len(headers) - headers.index("PSNR↑") - 1)
-    for header in ("protocol", "deviations", "backbone", "steps"):  # unformatted columns the runs lack stay empty
-        cells[headers.index(header)] = ""
     cells[-1] = "1"
     text = report.render("exp", frame)
     lines = text.split("\n")
     assert lines[:3] == ["# exp", "", "1 finished job(s)."] and lines[3] == ""
+    assert lines[4:6] == ["In every row: deviations none (every quantizer option at its method's official default).", ""]
+    lines = lines[2:]  # the rest as before that line
     header_row = [c.strip() for c in lines[4].strip("|").split("|")]
     body_row = [c.strip() for c in lines[6].strip("|").split("|")]
     assert header_row == headers and body_row == cells

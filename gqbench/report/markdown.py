@@ -1,6 +1,8 @@
 """The report as Markdown and LaTeX: the caption (protocols, deviations), the table (mean ± std over seeds, the best
 per rate group in bold), the paired differences against the reference method, the Bjøntegaard deltas, the failed
-jobs, the notes on the metrics. LaTeX is pandas' Styler (booktabs rules), one table environment per table."""
+jobs, the notes on the metrics. LaTeX is pandas' Styler (booktabs rules, its LaTeX escaping, bold as \\textbf), one
+table environment per table. A descriptive column with one value in every row is said once beside its table
+(tables.split_shared), so a pasted table is no wider than the paper's."""
 from __future__ import annotations
 
 import pandas as pd
@@ -8,7 +10,8 @@ import pandas as pd
 from .. import metrics as M
 from .layout import Layout
 from .paired import PAIRED_NOTE
-from .tables import COLUMNS, bjontegaard_table, finished_runs, summary_table, unfinished_jobs
+from .tables import (COLUMNS, SHARED_BJONTEGAARD, SHARED_PAIRED, SHARED_SUMMARY, bjontegaard_table, finished_runs,
+                     split_shared, summary_table, unfinished_jobs)
 
 METRIC_NOTE = ("PSNR/SSIM: per image on the 0–255 scale, mean over validation images; LPIPS: AlexNet unless the run "
                "says otherwise; rFID: torch-fidelity Inception, reconstructions vs the originals of the same images "
@@ -24,9 +27,9 @@ BD_NOTE = ("BD-PSNR: mean PSNR gain over the bits/token range both curves cover;
 SEEDS_NOTE = "Metrics: mean ± std (n − 1) over the row's seeds; bold: the best mean of the column at that bits/token."
 
 
-def caption(runs: pd.DataFrame) -> list[str]:
+def caption(runs: pd.DataFrame, deviations_column: bool = True) -> list[str]:
     """What each protocol in the table means (conf/protocol/), what the runs trained and evaluated on, how rFID was
-    measured (or why not), and what the deviations column lists."""
+    measured (or why not), and what the deviations column lists (when the table shows one)."""
     done = finished_runs(runs)
     lines = []
     if "params.protocol.summary" in done:
@@ -40,7 +43,7 @@ def caption(runs: pd.DataFrame) -> list[str]:
         lines.append("rFID: " + "; ".join(rfid) + ".")
     elif why_not:
         lines.append(f"rFID: not measured ({', '.join(why_not)}).")
-    if "params.protocol.summary" in done:
+    if "params.protocol.summary" in done and deviations_column:
         lines.append("deviations: the quantizer options a run set away from its method's official defaults "
                      "(quantizers/<method>.py docstrings).")
     return lines
@@ -67,26 +70,39 @@ def _setting(done: pd.DataFrame) -> str:
     return text[0].upper() + text[1:] if parts else ""
 
 
+def paper_tables(runs: pd.DataFrame, layout: Layout, paired: pd.DataFrame | None,
+                 bold: str = "**{}**") -> dict[str, tuple[pd.DataFrame, str]]:
+    """The report's three tables as shown (summary, paired, bjontegaard; the last two only when not empty), each
+    with the sentence that says its shared columns once ("" when none); the best cells wrapped in `bold`."""
+    tables = {"summary": split_shared(summary_table(runs, bold=bold, layout=layout), SHARED_SUMMARY)}
+    if paired is not None and len(paired):
+        tables["paired"] = split_shared(paired, SHARED_PAIRED)
+    deltas = bjontegaard_table(runs, layout.reference)
+    if len(deltas):
+        tables["bjontegaard"] = split_shared(deltas, SHARED_BJONTEGAARD)
+    return tables
+
+
 def render(experiment: str, runs: pd.DataFrame, layout: Layout | None = None, paired: pd.DataFrame | None = None,
            commentary: str = "") -> str:
     """The Markdown report; `paired` (gqbench.report.paired.paired_table) adds the paired table, `commentary` a
     paragraph of the author's after the tables (the committed reports' comparison with the paper)."""
     layout = layout or Layout.from_runs(runs)
-    table = summary_table(runs, layout=layout)
-    jobs = len(finished_runs(runs))
-    lines = [f"# {experiment}", "", f"{jobs} finished job(s).", ""]
-    if caption(runs):
-        lines += caption(runs) + [""]
+    tables = paper_tables(runs, layout, paired)
+    table, shared = tables["summary"]
+    lines = [f"# {experiment}", "", f"{len(finished_runs(runs))} finished job(s).", ""]
+    head = caption(runs, deviations_column="deviations" in table) + ([shared] if shared else [])
+    if head:
+        lines += head + [""]
     if len(table):
-        formats = {header: fmt for _, header, fmt in COLUMNS} | {"seeds": "{}"}
-        # the cells are already formatted: tabulate must not re-parse "25.00" as 25 (it drops the digits)
-        align = ["right" if formats.get(h) else "left" for h in table.columns]  # numbers right-aligned
-        lines += [_markdown(table, colalign=align), "", seeds_note(layout), ""]
-    if paired is not None and len(paired):
-        lines += [f"## Paired differences against {layout.reference}", "", _markdown(paired), "", PAIRED_NOTE, ""]
-    deltas = bjontegaard_table(runs, layout.reference)
-    if len(deltas):
-        lines += ["## Rate–distortion: Bjøntegaard deltas", "", _markdown(deltas), "", BD_NOTE, ""]
+        lines += [_markdown(table), "", seeds_note(layout), ""]
+    if "paired" in tables:
+        frame, shared = tables["paired"]
+        lines += [f"## Paired differences against {layout.reference}", "", _markdown(frame), "",
+                  _joined(PAIRED_NOTE, shared), ""]
+    if "bjontegaard" in tables:
+        frame, shared = tables["bjontegaard"]
+        lines += ["## Rate–distortion: Bjøntegaard deltas", "", _markdown(frame), "", _joined(BD_NOTE, shared), ""]
     if commentary:
         lines += ["## How this compares with the paper", "", commentary.strip(), ""]
     failed = unfinished_jobs(runs)
@@ -96,11 +112,23 @@ def render(experiment: str, runs: pd.DataFrame, layout: Layout | None = None, pa
     return "\n".join(lines)
 
 
-def _markdown(frame: pd.DataFrame, **options) -> str:
+def _joined(note: str, shared: str) -> str:
+    return f"{note} {shared}" if shared else note
+
+
+def right_aligned(frame: pd.DataFrame) -> list[bool]:
+    """Per column, whether it holds numbers (right-aligned in every renderer): the summary's formatted metrics and
+    sizes, seed and image counts, the paired differences and the Bjøntegaard deltas."""
+    formats = {header: fmt for _, header, fmt in COLUMNS}
+    return [bool(formats.get(c)) or c in ("seeds", "images") or c.startswith(("Δ", "BD-")) for c in frame.columns]
+
+
+def _markdown(frame: pd.DataFrame) -> str:
     """A pipe table of already formatted cells: tabulate must not re-parse "25.00" as 25 (it drops the digits), and
     a "|" inside a cell (an error message) must not split it."""
     cells = frame.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
-    return cells.to_markdown(index=False, disable_numparse=True, **options)
+    align = ["right" if right else "left" for right in right_aligned(frame)]
+    return cells.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def seeds_note(layout: Layout) -> str:
@@ -111,42 +139,62 @@ def seeds_note(layout: Layout) -> str:
 
 def render_latex(experiment: str, runs: pd.DataFrame, layout: Layout | None = None,
                  paired: pd.DataFrame | None = None) -> str:
-    """Booktabs table environments: the summary (caption: protocol, seeds, bold; label tab:<experiment>), then the
-    paired differences (tab:<experiment>-paired) and the Bjøntegaard deltas (tab:<experiment>-bd) when there are."""
+    """Booktabs table environments: the summary (caption: protocol, shared columns, seeds, bold; label
+    tab:<experiment>), then the paired differences (tab:<experiment>-paired) and the Bjøntegaard deltas
+    (tab:<experiment>-bd) when there are."""
     layout = layout or Layout.from_runs(runs)
-    table = summary_table(runs, bold="\\textbf{{{}}}", layout=layout)
+    tables = paper_tables(runs, layout, paired)
+    table, shared = tables["summary"]
     if table.empty:
         return f"% {experiment}: no finished job\n"
-    text = " ".join(caption(runs) + [seeds_note(layout)])
+    text = " ".join(caption(runs, deviations_column="deviations" in table) + ([shared] if shared else [])
+                    + [seeds_note(layout)])
     parts = [_latex_table(table, f"{experiment}: {text}", f"tab:{experiment}")]
-    if paired is not None and len(paired):
-        parts.append(_latex_table(paired, f"{experiment}: {PAIRED_NOTE}", f"tab:{experiment}-paired"))
-    deltas = bjontegaard_table(runs, layout.reference)
-    if len(deltas):
-        parts.append(_latex_table(deltas, f"{experiment}: {BD_NOTE}", f"tab:{experiment}-bd"))
+    if "paired" in tables:
+        frame, shared = tables["paired"]
+        parts.append(_latex_table(frame, f"{experiment}: {_joined(PAIRED_NOTE, shared)}", f"tab:{experiment}-paired"))
+    if "bjontegaard" in tables:
+        frame, shared = tables["bjontegaard"]
+        parts.append(_latex_table(frame, f"{experiment}: {_joined(BD_NOTE, shared)}", f"tab:{experiment}-bd"))
     return "\n".join(parts)
 
 
-def _latex_table(table: pd.DataFrame, caption_text: str, label: str) -> str:
-    arrows = {"↑": "$\\uparrow$", "↓": "$\\downarrow$", "±": "$\\pm$", "–": "--", "∏": "$\\prod$", "Δ": "$\\Delta$",
-              "ø": "{\\o}", "−": "$-$", "×": "$\\times$", "·": "$\\cdot$", "≤": "$\\leq$", "≥": "$\\geq$",
-              "Σ": "$\\Sigma$", "→": "$\\to$"}
-
-    def tex(text: str) -> str:
-        for plain, command in arrows.items():
-            text = text.replace(plain, command)
-        return text
-
-    escaped = table.map(lambda cell: tex(_escape(str(cell))) if not str(cell).startswith("\\textbf")
-                        else "\\textbf{" + tex(_escape(str(cell)[8:-1])) + "}")
-    escaped.columns = [tex(_escape(c)) for c in table.columns]
-    styler = escaped.style.hide(axis="index")
-    return styler.to_latex(hrules=True, position_float="centering", label=label, caption=tex(_escape(caption_text)),
-                           column_format="l" * len(table.columns))
+def unbold(frame: pd.DataFrame, marker: str = "**") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A table with Markdown's bold markers taken off its cells, and where they were (a boolean frame), for the
+    renderers that bold through pandas' Styler (LaTeX, HTML)."""
+    bold = frame.map(lambda v: isinstance(v, str) and len(v) > 2 * len(marker) and v.startswith(marker)
+                     and v.endswith(marker))
+    plain = frame.map(lambda v: v[len(marker):-len(marker)] if isinstance(v, str) else v).where(bold, frame)
+    return plain, bold
 
 
-def _escape(text: str) -> str:
-    for char, replacement in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("$", "\\$"), ("#", "\\#"),
-                              ("_", "\\_"), ("{", "\\{"), ("}", "\\}"), ("~", "\\textasciitilde{}"), ("^", "\\^{}")):
-        text = text.replace(char, replacement)
+# the Unicode the tables use, as LaTeX that compiles without extra packages (after Styler's escaping)
+LATEX_SYMBOLS = {"↑": "$\\uparrow$", "↓": "$\\downarrow$", "±": "$\\pm$", "–": "--", "∏": "$\\prod$",
+                 "Δ": "$\\Delta$", "ø": "{\\o}", "−": "$-$", "×": "$\\times$", "·": "$\\cdot$", "≤": "$\\leq$",
+                 "≥": "$\\geq$", "Σ": "$\\Sigma$", "→": "$\\to$", "…": "\\ldots{}", "—": "---",
+                 "<": "\\textless{}", ">": "\\textgreater{}"}
+
+
+def _latex_symbols(text) -> str:
+    text = str(text)
+    for plain, command in LATEX_SYMBOLS.items():
+        text = text.replace(plain, command)
     return text
+
+
+def latex_text(text: str) -> str:
+    """Running text (a caption) escaped the way Styler escapes cells: a one-cell Styler rendered as plain text,
+    so captions and cells share pandas' escaping."""
+    cell = pd.DataFrame([[text]]).style.format(escape="latex").hide(axis="index").hide(axis="columns")
+    return _latex_symbols(cell.to_string(delimiter="").rstrip("\n"))
+
+
+def _latex_table(table: pd.DataFrame, caption_text: str, label: str) -> str:
+    plain, bold = unbold(table)
+    styler = (plain.style.hide(axis="index")
+              .format(_latex_symbols, escape="latex")
+              .format_index(_latex_symbols, escape="latex", axis="columns")
+              .apply(lambda _: bold.map(lambda b: "textbf:--rwrap;" if b else ""), axis=None))
+    align = "".join("r" if right else "l" for right in right_aligned(table))
+    return styler.to_latex(hrules=True, position_float="centering", label=label, caption=latex_text(caption_text),
+                           column_format=align)

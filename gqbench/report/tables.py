@@ -190,6 +190,31 @@ def summary_table(runs: pd.DataFrame, bold: str = "**{}**", layout=None) -> pd.D
     return table[layout.shown(order)].reset_index(drop=True)
 
 
+# per table, the descriptive columns that are said once, above or under it, when every row holds the same value
+SHARED_SUMMARY = ("protocol", "deviations", "backbone", "steps", "eval images", "seeds")
+SHARED_PAIRED = ("vs", "seeds", "images")
+SHARED_BJONTEGAARD = ("protocol", "backbone", "vs")
+NO_DEVIATIONS = "none (every quantizer option at its method's official default)"
+
+
+def split_shared(table: pd.DataFrame, candidates: tuple[str, ...]) -> tuple[pd.DataFrame, str]:
+    """`table` without those of `candidates` that hold one value in every row (tables of 2+ rows), and the sentence
+    that says them once: "In every row: protocol official; deviations none (...); steps 400; seeds 2." A column
+    that is empty everywhere is dropped unsaid; "" when nothing is shared. Keeps a pasted table as narrow as the
+    paper's; the per-run CSVs keep every column."""
+    if len(table) < 2:
+        return table, ""
+    shared = [c for c in candidates if c in table and table[c].map(str).nunique() == 1]
+    said = []
+    for column in shared:
+        value = str(table[column].iloc[0])
+        if column == "deviations" and value == "":
+            said.append(f"deviations {NO_DEVIATIONS}")
+        elif value not in ("", "–"):
+            said.append(f"{column} {value}")
+    return table.drop(columns=shared), ("In every row: " + "; ".join(said) + "." if said else "")
+
+
 # where a job that did not finish takes its configuration from: the params it logged when it started
 HOLE_COLUMNS = {"method": "params.quantizer.name", "protocol": "params.protocol.name", "backbone": "params.model.name",
                 "K": "params.quantizer.codebook_size", "bits/token": "params.rate.bits_per_token",
@@ -212,6 +237,8 @@ def _holes(runs: pd.DataFrame, keys: list[str], values: list[str]) -> list[dict]
         for header, column in HOLE_COLUMNS.items():
             if header in row and isinstance(run.get(column), str) and run[column] != "None":
                 row[header] = run[column]
+        if "deviations" in row:  # what the job was trying, from the quantizer options it logged at its start
+            row["deviations"] = deviations(run.to_frame().T).iloc[0]
         error = run.get("tags.error")
         what = HOLE_STATUS.get(str(run["status"]), str(run["status"]).lower())
         if isinstance(error, str) and error:
