@@ -288,6 +288,22 @@ def test_rate_distortion_plots_are_written_for_the_measured_metrics_only(tmp_pat
         assert f.read_bytes()[:4] in (b"\x89PNG", b"%PDF") and f.stat().st_size > 2000
 
 
+def test_rate_distortion_lines_never_average_different_settings_and_can_use_bpp(tmp_path):
+    from gqbench.report.plots import curve_points, rate_distortion_plots
+
+    rows = [{"tags.signature": f"{m}-{b}-{beta}-{steps}", "status": "FINISHED", "start_time": i,
+             "params.quantizer.name": m, "params.quantizer.commitment_weight": beta, "params.train.max_steps": steps,
+             "metrics.bits_per_token": b, "metrics.bits_per_pixel": b / 16, "metrics.psnr": p}
+            for i, (m, b, beta, steps, p) in enumerate([
+                ("vq", 8.0, "0.25", "12", 20.0), ("vq", 8.0, "0.5", "12", 21.0), ("vq", 8.0, "0.25", "24", 22.0)])]
+    lines = curve_points(runs_frame(rows))["line"].tolist()
+    assert lines == ["vq / 12 steps", "vq / 12 steps (commitment_weight=0.5)", "vq / 24 steps"]  # three lines, not one mean
+    files = rate_distortion_plots(runs_frame(rows), tmp_path, "exp", rate="bpp")
+    assert sorted(f.name for f in files) == ["exp-rd-psnr.pdf", "exp-rd-psnr.png"]
+    with pytest.raises(ValueError, match="rate axis 'pixels' is not known; choose from"):
+        rate_distortion_plots(runs_frame(rows), tmp_path, "exp", rate="pixels")
+
+
 def test_a_pipe_in_an_error_does_not_split_its_markdown_cell():
     frame = runs_frame([{"tags.signature": "A", "status": "FINISHED", "start_time": 1, "metrics.psnr": 25.0},
                         {"tags.signature": "B", "status": "FAILED", "start_time": 2, "tags.mlflow.runName": "b",

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the project's run folder (paths.runs; default $GQBENCH_RUNS or ./runs)")
     parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///<runs-dir>/mlflow.db")
     parser.add_argument("--no-plots", action="store_true", help="no figures (PNG + PDF); the tables and page only")
+    parser.add_argument("--rate-axis", choices=["bits/token", "bpp"], default="bits/token",
+                        help="x axis of the rate–distortion figures (bpp: nominal bits per pixel)")
     parser.add_argument("--no-artefacts", action="store_true",
                         help="read only the runs' scalars: no paired table, KL, grid or training-curve figures")
     parser.add_argument("--no-log", action="store_true", help="do not log the report on the sweep's parent run")
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     files = [out / f for f in written]
     if not regenerating_in_place:
         files += artefacts.save(out, name)
-    figures = [] if args.no_plots else (rate_distortion_plots(runs, out, name)
+    figures = [] if args.no_plots else (rate_distortion_plots(runs, out, name, args.rate_axis)
                                         + diagnostic_plots(runs, artefacts, out, name))
     page = render_html(name, runs, figures, layout, paired, artefacts.commentary).encode()
     atomic_write_bytes(out / f"{name}.html", lambda f: f.write(page))
