@@ -86,6 +86,18 @@ def test_paired_table_finds_the_real_difference_and_not_the_noise():
     assert interval(table.loc["gq (beta=0.5)", "ΔPSNR (dB)"])[0] == pytest.approx(-2.0, abs=0.2)
 
 
+def test_figures_draw_a_variant_of_a_method_apart_from_it():
+    from gqbench.report.diagnostics import run_labels
+
+    runs, _ = scene()
+    variant = frame([{"run_id": "run9", "tags.signature": "run9", "start_time": 9, "params.quantizer.name": "gq",
+                      "params.quantizer.beta": "0.5", "params.seed": "0", "metrics.bits_per_token": 16.0}])
+    labels = run_labels(pd.concat([runs, variant], ignore_index=True))
+    # its own row in the reconstruction grid, its own line in the KL and training figures
+    assert labels.loc["run0", "method"] == "gq" and labels.loc["run9", "method"] == "gq (beta=0.5)"
+    assert labels.loc["run9", "rate"] == 16 and labels.loc["run9", "seed"] == 0
+
+
 def test_report_block_picks_columns_rows_bold_groups_and_reference():
     runs, _ = scene()
     runs["params.report.columns"] = '["psnr"]'

@@ -16,18 +16,19 @@ import numpy as np
 import pandas as pd
 
 from .artefacts import Artefacts
-from .plots import save_figure
-from .tables import comparison_table, finished_runs
+from .plots import curve_points, save_figure
+from .tables import finished_runs
 
 GRID_PADDING = 1  # torchvision.utils.save_image's padding in gqbench/evaluate.py
 
 
 def run_labels(runs: pd.DataFrame) -> pd.DataFrame:
-    """run_id -> method, bits/token (rounded), seed, image size: what a figure labels a run by."""
-    raw = comparison_table(runs, formatted=False)
+    """run_id -> method (with its deviations, and protocol / backbone / steps when the runs have several: the
+    rate–distortion plots' line), bits/token (rounded), seed, image size: what a figure labels a run by."""
+    raw = curve_points(runs)
     done = finished_runs(runs).loc[raw.index]
     labels = pd.DataFrame({
-        "method": raw["method"].map(str),
+        "method": raw["line"].map(str),
         "rate": pd.to_numeric(raw["bits/token"], errors="coerce").round(),
         "seed": pd.to_numeric(raw["seed"], errors="coerce").fillna(0).astype(int),
         "image_size": pd.to_numeric(done.get("params.data.image_size"), errors="coerce"),
