@@ -14,7 +14,7 @@ from .diagnostics import diagnostic_plots
 from .html import render_html
 from .layout import Layout
 from .load import load_runs, read_runs_csv
-from .markdown import render, render_latex
+from .markdown import paper_tables, render, render_latex
 from .paired import paired_table
 from .plots import rate_distortion_plots
 from .tables import chronological, comparison_table
@@ -66,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the sweep's report: block is not valid: {exc}") from None
 
     paired = paired_table(runs, artefacts.per_image, layout.reference)
-    text = render(name, runs, layout, paired, artefacts.commentary)
+    tables = paper_tables(runs, layout, paired)  # once, for the Markdown, LaTeX and HTML
+    text = render(name, runs, layout, paired, artefacts.commentary, tables)
     written = {
         f"{name}.md": text.encode(),
-        f"{name}.tex": render_latex(name, runs, layout, paired).encode(),
+        f"{name}.tex": render_latex(name, runs, layout, paired, tables).encode(),
         f"{name}.csv": comparison_table(runs, formatted=False).to_csv(index=False).encode(),
         f"{name}.runs.csv": chronological(runs).to_csv(index=False).encode(),
     }
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         files += artefacts.save(out, name)
     figures = [] if args.no_plots else (rate_distortion_plots(runs, out, name, args.rate_axis)
                                         + diagnostic_plots(runs, artefacts, out, name))
-    page = render_html(name, runs, figures, layout, paired, artefacts.commentary).encode()
+    page = render_html(name, runs, figures, layout, paired, artefacts.commentary, tables).encode()
     atomic_write_bytes(out / f"{name}.html", lambda f: f.write(page))
     files += figures + [out / f"{name}.html"]
     print(text)

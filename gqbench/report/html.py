@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from .layout import Layout
-from .markdown import BD_NOTE, METRIC_NOTE, caption, paper_tables, right_aligned, seeds_note, unbold
+from .markdown import (BD_NOTE, METRIC_NOTE, paper_tables, right_aligned, seeds_note, summary_caption, unbold,
+                       with_shared)
 from .paired import PAIRED_NOTE
 from .tables import finished_runs, unfinished_jobs
 
@@ -43,23 +44,22 @@ def _table(frame: pd.DataFrame, name: str) -> str:
 
 
 def render_html(name: str, runs: pd.DataFrame, images: list[Path], layout: Layout | None = None,
-                paired: pd.DataFrame | None = None, commentary: str = "") -> str:
+                paired: pd.DataFrame | None = None, commentary: str = "", tables: dict | None = None) -> str:
     layout = layout or Layout.from_runs(runs)
     parts = [f"<h1>{html.escape(name)}</h1>", f"<p>{len(finished_runs(runs))} finished job(s).</p>"]
-    tables = paper_tables(runs, layout, paired)
-    table, shared = tables["summary"]
-    head = caption(runs, deviations_column="deviations" in table) + ([shared] if shared else [])
-    parts += [f"<p class='note'>{html.escape(line)}</p>" for line in head]
+    tables = tables or paper_tables(runs, layout, paired)
+    table, _ = tables["summary"]
+    parts += [f"<p class='note'>{html.escape(line)}</p>" for line in summary_caption(runs, tables)]
     if len(table):
         parts += [_table(table, "summary"), f"<p class='note'>{html.escape(seeds_note(layout))}</p>"]
     if "paired" in tables:
         frame, shared = tables["paired"]
         parts += [f"<h2>Paired differences against {html.escape(layout.reference)}</h2>", _table(frame, "paired"),
-                  f"<p class='note'>{html.escape(' '.join(filter(None, [PAIRED_NOTE, shared])))}</p>"]
+                  f"<p class='note'>{html.escape(with_shared(PAIRED_NOTE, shared))}</p>"]
     if "bjontegaard" in tables:
         frame, shared = tables["bjontegaard"]
         parts += ["<h2>Rate–distortion: Bjøntegaard deltas</h2>", _table(frame, "bjontegaard"),
-                  f"<p class='note'>{html.escape(' '.join(filter(None, [BD_NOTE, shared])))}</p>"]
+                  f"<p class='note'>{html.escape(with_shared(BD_NOTE, shared))}</p>"]
     if commentary:
         parts += ["<h2>How this compares with the paper</h2>"]
         parts += [f"<p>{html.escape(paragraph)}</p>" for paragraph in commentary.strip().split("\n\n")]

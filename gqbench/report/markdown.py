@@ -83,15 +83,27 @@ def paper_tables(runs: pd.DataFrame, layout: Layout, paired: pd.DataFrame | None
     return tables
 
 
-def render(experiment: str, runs: pd.DataFrame, layout: Layout | None = None, paired: pd.DataFrame | None = None,
-           commentary: str = "") -> str:
-    """The Markdown report; `paired` (gqbench.report.paired.paired_table) adds the paired table, `commentary` a
-    paragraph of the author's after the tables (the committed reports' comparison with the paper)."""
-    layout = layout or Layout.from_runs(runs)
-    tables = paper_tables(runs, layout, paired)
+def summary_caption(runs: pd.DataFrame, tables: dict) -> list[str]:
+    """The lines above the summary table: caption() and the columns every row shares."""
     table, shared = tables["summary"]
+    return caption(runs, deviations_column="deviations" in table) + ([shared] if shared else [])
+
+
+def with_shared(note: str, shared: str) -> str:
+    """A table's note followed by the sentence naming the columns every row shares (if any)."""
+    return f"{note} {shared}" if shared else note
+
+
+def render(experiment: str, runs: pd.DataFrame, layout: Layout | None = None, paired: pd.DataFrame | None = None,
+           commentary: str = "", tables: dict | None = None) -> str:
+    """The Markdown report; `paired` (gqbench.report.paired.paired_table) adds the paired table, `commentary` a
+    paragraph of the author's after the tables (the committed reports' comparison with the paper); `tables`:
+    paper_tables() when the caller has them already (the CLI builds them once for every renderer)."""
+    layout = layout or Layout.from_runs(runs)
+    tables = tables or paper_tables(runs, layout, paired)
+    table, _ = tables["summary"]
     lines = [f"# {experiment}", "", f"{len(finished_runs(runs))} finished job(s).", ""]
-    head = caption(runs, deviations_column="deviations" in table) + ([shared] if shared else [])
+    head = summary_caption(runs, tables)
     if head:
         lines += head + [""]
     if len(table):
@@ -99,10 +111,10 @@ def render(experiment: str, runs: pd.DataFrame, layout: Layout | None = None, pa
     if "paired" in tables:
         frame, shared = tables["paired"]
         lines += [f"## Paired differences against {layout.reference}", "", _markdown(frame), "",
-                  _joined(PAIRED_NOTE, shared), ""]
+                  with_shared(PAIRED_NOTE, shared), ""]
     if "bjontegaard" in tables:
         frame, shared = tables["bjontegaard"]
-        lines += ["## Rate–distortion: Bjøntegaard deltas", "", _markdown(frame), "", _joined(BD_NOTE, shared), ""]
+        lines += ["## Rate–distortion: Bjøntegaard deltas", "", _markdown(frame), "", with_shared(BD_NOTE, shared), ""]
     if commentary:
         lines += ["## How this compares with the paper", "", commentary.strip(), ""]
     failed = unfinished_jobs(runs)
@@ -110,10 +122,6 @@ def render(experiment: str, runs: pd.DataFrame, layout: Layout | None = None, pa
         lines += [f"## Failed or interrupted jobs ({len(failed)})", "", _markdown(failed), ""]
     lines += [METRIC_NOTE, ""]
     return "\n".join(lines)
-
-
-def _joined(note: str, shared: str) -> str:
-    return f"{note} {shared}" if shared else note
 
 
 def right_aligned(frame: pd.DataFrame) -> list[bool]:
@@ -138,24 +146,23 @@ def seeds_note(layout: Layout) -> str:
 
 
 def render_latex(experiment: str, runs: pd.DataFrame, layout: Layout | None = None,
-                 paired: pd.DataFrame | None = None) -> str:
+                 paired: pd.DataFrame | None = None, tables: dict | None = None) -> str:
     """Booktabs table environments: the summary (caption: protocol, shared columns, seeds, bold; label
     tab:<experiment>), then the paired differences (tab:<experiment>-paired) and the Bjøntegaard deltas
     (tab:<experiment>-bd) when there are."""
     layout = layout or Layout.from_runs(runs)
-    tables = paper_tables(runs, layout, paired)
-    table, shared = tables["summary"]
+    tables = tables or paper_tables(runs, layout, paired)
+    table, _ = tables["summary"]
     if table.empty:
         return f"% {experiment}: no finished job\n"
-    text = " ".join(caption(runs, deviations_column="deviations" in table) + ([shared] if shared else [])
-                    + [seeds_note(layout)])
+    text = " ".join(summary_caption(runs, tables) + [seeds_note(layout)])
     parts = [_latex_table(table, f"{experiment}: {text}", f"tab:{experiment}")]
     if "paired" in tables:
         frame, shared = tables["paired"]
-        parts.append(_latex_table(frame, f"{experiment}: {_joined(PAIRED_NOTE, shared)}", f"tab:{experiment}-paired"))
+        parts.append(_latex_table(frame, f"{experiment}: {with_shared(PAIRED_NOTE, shared)}", f"tab:{experiment}-paired"))
     if "bjontegaard" in tables:
         frame, shared = tables["bjontegaard"]
-        parts.append(_latex_table(frame, f"{experiment}: {_joined(BD_NOTE, shared)}", f"tab:{experiment}-bd"))
+        parts.append(_latex_table(frame, f"{experiment}: {with_shared(BD_NOTE, shared)}", f"tab:{experiment}-bd"))
     return "\n".join(parts)
 
 
